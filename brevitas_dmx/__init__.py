@@ -1,0 +1,18 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""brevitas-dmx: learnable mixed-precision MX floating-point formats for Brevitas."""
+
+__version__ = "0.1.0"
+
+from brevitas_dmx.formats import element_format
+from brevitas_dmx.formats import FORMATS
+from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.functional import mx_fake_quantize
+from brevitas_dmx.model import apply_format_map
+from brevitas_dmx.model import average_bits
+from brevitas_dmx.model import bits_report
+from brevitas_dmx.model import dmx_layers
+from brevitas_dmx.model import dmx_offsets
+from brevitas_dmx.model import finalize
+from brevitas_dmx.model import format_map
+from brevitas_dmx.model import set_temperature

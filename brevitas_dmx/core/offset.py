@@ -1,0 +1,82 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""The learnable format offset of one layer: raw offset -> beta = F(raw, T)."""
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch import Tensor
+
+from brevitas import config
+
+from brevitas_dmx.formats import ladder as get_ladder
+
+# Sharpness of the tempered sigmoid (``c`` in the method; 20 in the authors' code).
+DEFAULT_SHARPNESS = 20.0
+DEFAULT_TEMPERATURE = 0.4
+
+
+def tempered_offset(raw: Tensor, temperature: Tensor, span: int, kind: str, sharpness: float):
+    """beta = F(raw, T): the tempered sigmoid or the staircase of the method (section 3)."""
+    if kind == "sigmoid":
+        return span * torch.sigmoid(sharpness * temperature * (raw / span - 0.5))
+    steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
+    return torch.sigmoid(sharpness * temperature * (raw - steps)).sum()
+
+
+def discrete_offset(raw: Tensor, span: int, kind: str) -> Tensor:
+    """The hardware format the raw offset stands for: the limit of F for T -> infinity."""
+    if kind == "sigmoid":
+        return (raw > span / 2).to(raw.dtype) * span
+    steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
+    return (raw > steps).to(raw.dtype).sum()
+
+
+class DMXOffset(nn.Module):
+    """One learnable scalar per layer that moves its MX format along a ladder.
+
+    In training mode ``forward`` returns the continuous offset ``F(raw, T)``; in eval mode the
+    discrete one, so an evaluated model always sits on real hardware formats. The temperature is
+    a non-persistent buffer: the annealing schedule sets it from the training step.
+    """
+
+    def __init__(
+            self,
+            ladder: str,
+            init: float = 0.0,
+            temperature: float = DEFAULT_TEMPERATURE,
+            sharpness: float = DEFAULT_SHARPNESS,
+            device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        self.ladder = get_ladder(ladder)
+        self.sharpness = float(sharpness)
+        self.raw_offset = nn.Parameter(torch.tensor(float(init), device=device))
+        self.register_buffer(
+            "temperature", torch.tensor(float(temperature), device=device), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"ladder={self.ladder.name}, sharpness={self.sharpness}"
+
+    def forward(self) -> Tensor:
+        if self.training:
+            return tempered_offset(
+                self.raw_offset,
+                self.temperature,
+                self.ladder.span,
+                self.ladder.kind,
+                self.sharpness)
+        return self.discrete()
+
+    def discrete(self) -> Tensor:
+        return discrete_offset(self.raw_offset.detach(), self.ladder.span, self.ladder.kind)
+
+    def _load_from_state_dict(
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        # A float checkpoint has no offsets: keep the initial ones, as Brevitas does for scales.
+        key = prefix + "raw_offset"
+        if config.IGNORE_MISSING_KEYS and key in missing_keys:
+            missing_keys.remove(key)

@@ -1,0 +1,288 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Model-level helpers: find the learnable formats, read and pin them, average bits, finalize."""
+
+from dataclasses import dataclass
+import math
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from torch import Tensor
+
+from brevitas_dmx.core.offset import DMXOffset
+from brevitas_dmx.core.quant import DMXFloatQuant
+from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.formats import element_format
+from brevitas_dmx.formats import ElementFormat
+from brevitas_dmx.formats import format_from_bits
+from brevitas_dmx.proxy import dmx_quant_of
+from brevitas_dmx.quant.fixed import fixed_mx_quantizer
+
+__all__ = [
+    "WEIGHTINGS",
+    "dmx_layers",
+    "dmx_offsets",
+    "set_temperature",
+    "average_bits",
+    "bits_report",
+    "format_map",
+    "apply_format_map",
+    "finalize",]
+
+# Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
+# quantizes the input of whatever follows it, so it reports as "input".
+_PROXY_ROLES = (
+    ("weight_quant", "weight"),
+    ("input_quant", "input"),
+    ("act_quant", "input"),
+    ("output_quant", "output"),
+)
+WEIGHTINGS = ("simple", "size", "memory")
+
+
+@dataclass
+class _Quantizer:
+    """One MX quantizer of a layer: learnable (``dmx``) or a fixed Brevitas MX proxy."""
+    layer: nn.Module
+    attr: str
+    role: str
+    proxy: nn.Module
+    dmx: Optional[DMXFloatQuant]
+
+    @property
+    def is_weight(self) -> bool:
+        return self.role == "weight"
+
+    def fixed_format(self) -> Tuple[ElementFormat, int]:
+        injector = self.proxy.quant_injector
+        fmt = format_from_bits(injector.exponent_bit_width, injector.mantissa_bit_width)
+        return fmt, injector.group_size
+
+    def discrete_format(self) -> ElementFormat:
+        return self.dmx.discrete_format() if self.dmx is not None else self.fixed_format()[0]
+
+    def scale_bits(self) -> float:
+        group_size = self.dmx.group_size if self.dmx is not None else self.fixed_format()[1]
+        return E8M0_SCALE_BITS / group_size
+
+    def bits(self, discrete: bool) -> Union[Tensor, float]:
+        if self.dmx is not None and not discrete:
+            return self.dmx.bits()
+        return float(self.discrete_format().bits)
+
+    def size(self) -> int:
+        """Elements per sample: the weight's, or the last input's without the batch dim."""
+        if self.is_weight:
+            return self.layer.weight.numel()
+        shape = self.dmx.last_input_shape if self.dmx is not None else None
+        if shape is not None and len(shape) > 1:
+            return math.prod(shape[1:])
+        # Before any forward pass: one token's features.
+        return getattr(self.layer, "in_features", None) or self.layer.weight.shape[-1]
+
+
+def _is_fixed_mx_proxy(proxy: nn.Module) -> bool:
+    injector = getattr(proxy, "quant_injector", None)
+    if injector is None or not getattr(proxy, "is_quant_enabled", False):
+        return False
+    try:
+        return bool(proxy.is_groupwise) and "exponent_bit_width" in injector and \
+            "mantissa_bit_width" in injector
+    except Exception:  # an injector that cannot resolve these is not an MX float quantizer
+        return False
+
+
+def _layer_quantizers(layer: nn.Module, include_fixed: bool = True) -> List[_Quantizer]:
+    out = []
+    for attr, role in _PROXY_ROLES:
+        proxy = layer._modules.get(attr)
+        if proxy is None:
+            continue
+        quant = dmx_quant_of(proxy)
+        if quant is not None or (include_fixed and _is_fixed_mx_proxy(proxy)):
+            out.append(_Quantizer(layer, attr, role, proxy, quant))
+    return out
+
+
+def _mx_layers(model: nn.Module, include_fixed: bool) -> Iterator[Tuple[str, List[_Quantizer]]]:
+    for name, module in model.named_modules():
+        quants = _layer_quantizers(module, include_fixed)
+        if quants:
+            yield name, quants
+
+
+def dmx_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The (name, module) pairs whose quantizers carry a learnable MX format."""
+    return [(name, quants[0].layer) for name, quants in _mx_layers(model, include_fixed=False)]
+
+
+def dmx_offsets(model: nn.Module) -> List[DMXOffset]:
+    """The distinct learnable offsets of a model (shared ones once), in module order."""
+    seen, out = set(), []
+    for module in model.modules():
+        if isinstance(module, DMXOffset) and id(module) not in seen:
+            seen.add(id(module))
+            out.append(module)
+    return out
+
+
+def set_temperature(model: nn.Module, temperature: float) -> None:
+    """Sets the annealing temperature T of every learnable offset."""
+    for offset in dmx_offsets(model):
+        offset.temperature.fill_(float(temperature))
+
+
+def _check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+
+
+def average_bits(
+        model: nn.Module,
+        weighting: str = "simple",
+        include_scale_bits: bool = False,
+        discrete: bool = False) -> Tensor:
+    """Average bits per element over the model's MX quantizers (section 4 of the method).
+
+    - ``"simple"``: (mean over weight quantizers + mean over activation quantizers) / 2, the
+      paper's average (the mean of whichever kind exists if only one does);
+    - ``"size"``: every quantizer weighted by its elements (weights: numel; activations: numel
+      of the last input without the batch dimension, one token before any forward pass);
+    - ``"memory"``: weight quantizers only, weighted by numel: the storage per weight.
+
+    Learnable quantizers contribute their current (differentiable) width unless ``discrete``;
+    fixed Brevitas MX quantizers contribute their format. ``include_scale_bits`` adds the
+    8 bits of the E8M0 scale per block (0.25 for blocks of 32).
+    """
+    _check_weighting(weighting)
+    quants = [q for _, qs in _mx_layers(model, include_fixed=True) for q in qs]
+    if weighting == "memory":
+        quants = [q for q in quants if q.is_weight]
+    if not quants:
+        raise ValueError("The model has no MX quantizers to average (quantize it first).")
+
+    def bits(q):
+        b = q.bits(discrete)
+        return b + q.scale_bits() if include_scale_bits else b
+
+    def mean(qs, weighted):
+        sizes = [float(q.size()) if weighted else 1.0 for q in qs]
+        return sum(bits(q) * s for q, s in zip(qs, sizes)) / sum(sizes)
+
+    if weighting == "simple":
+        groups = [g for g in ([q for q in quants if q.is_weight],
+                              [q for q in quants if not q.is_weight]) if g]
+        result = sum(mean(g, weighted=False) for g in groups) / len(groups)
+    else:
+        result = mean(quants, weighted=True)
+    return torch.as_tensor(result, dtype=torch.float32)
+
+
+def bits_report(model: nn.Module) -> Dict[str, float]:
+    """Plain-float averages of the discrete (deployed) formats, without and with scale bits."""
+    report = {}
+    for weighting in WEIGHTINGS:
+        try:
+            for scales, suffix in ((False, ""), (True, "_with_scales")):
+                report[weighting + suffix] = float(
+                    average_bits(model, weighting, include_scale_bits=scales, discrete=True))
+        except ValueError:  # e.g. "memory" on a model whose MX quantizers are all inputs
+            continue
+    return report
+
+
+def format_map(model: nn.Module) -> Dict[str, Dict[str, Optional[Union[str, float]]]]:
+    """``{layer: {"weight": "e2m1", "input": "e4m3" or None, "bits": 4.0}}`` of the discrete
+    formats; ``bits`` is the weight's element width (the input's if there is no weight
+    quantizer). Works on learnable and on finalized models."""
+    out = {}
+    for name, quants in _mx_layers(model, include_fixed=True):
+        entry = {"weight": None, "input": None}
+        for q in quants:
+            entry[q.role] = q.discrete_format().name
+        first = entry["weight"] or entry["input"] or entry.get("output")
+        entry["bits"] = float(element_format(first).bits)
+        out[name] = entry
+    return out
+
+
+def _parse_format_entry(layer: str, value, roles: List[str], errors: List[str]) -> Dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = {role: element_format(value).name for role in roles}
+        except ValueError as err:
+            errors.append(f"{layer}: {err}")
+            return {}
+    elif not isinstance(value, Mapping):
+        errors.append(f"{layer}: expected a format name or a dict, got {value!r}")
+        return {}
+    picked = {}
+    for role, name in value.items():
+        if role == "bits" or name is None:
+            continue
+        if role not in ("weight", "input", "output"):
+            errors.append(f"{layer}: unknown key {role!r} (use 'weight', 'input')")
+            continue
+        if role not in roles:
+            errors.append(f"{layer}: has no learnable {role} quantizer")
+            continue
+        try:
+            picked[role] = element_format(name).name
+        except ValueError as err:
+            errors.append(f"{layer}: {err}")
+    return picked
+
+
+def apply_format_map(model: nn.Module, mapping: Mapping[str, object]) -> None:
+    """Pins layers to discrete MX formats.
+
+    ``mapping`` maps layer names (as in ``dmx_layers``) to a format name for all of the layer's
+    quantizers, or to a dict with "weight"/"input" keys (``format_map``'s output is accepted).
+    Everything is checked before anything is pinned; problems raise one ``ValueError`` that
+    names every unknown layer and format.
+    """
+    layers = {name: quants for name, quants in _mx_layers(model, include_fixed=False)}
+    unknown = [name for name in mapping if name not in layers]
+    errors = []
+    if unknown:
+        examples = ", ".join(list(layers)[:3]) or "none: the model has no dMX layers"
+        errors.append(f"unknown layer names {unknown} (dMX layers are e.g. {examples})")
+    plan = []
+    for name, value in mapping.items():
+        if name in layers:
+            quants = layers[name]
+            picked = _parse_format_entry(name, value, [q.role for q in quants], errors)
+            plan.extend((q, picked[q.role]) for q in quants if q.role in picked)
+    if errors:
+        raise ValueError("Cannot apply the format map: " + "; ".join(errors))
+    for quant, name in plan:
+        quant.dmx.pin(element_format(name))
+
+
+def _fixed_injector(quant: _Quantizer):
+    role = "weight" if quant.is_weight else "act"
+    injector = fixed_mx_quantizer(quant.discrete_format().name, role, quant.dmx.scale_rule)
+    old = quant.proxy.quant_injector
+    carried = {"group_size": quant.dmx.group_size}
+    # Carry what the layer told its quantizer when it built it (e.g. act_impl=None for inputs).
+    for key in ("act_impl", "passthrough_act", "device", "dtype"):
+        if key in old:
+            carried[key] = getattr(old, key)
+    return injector.let(**carried)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Replaces every learnable quantizer by the fixed Brevitas MX quantizer of its discrete
+    format, in place; the result is a plain Brevitas model with the same outputs as the
+    learnable one in eval mode. Returns the model."""
+    for _, quants in list(_mx_layers(model, include_fixed=False)):
+        for quant in quants:
+            injector = _fixed_injector(quant)
+            proxy = injector.proxy_class(quant.layer, injector)
+            device = next((t.device for t in quant.proxy.buffers()), None)
+            if device is not None:
+                proxy.to(device)
+            proxy.train(quant.proxy.training)
+            setattr(quant.layer, quant.attr, proxy)
+    return model

@@ -1,0 +1,54 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Proxies for the dMX quantizers: Brevitas's groupwise float proxies around ``DMXFloatQuant``."""
+
+from typing import Optional
+
+from torch import nn
+
+from brevitas.core.function_wrapper.misc import Identity
+from brevitas.proxy.groupwise_float_parameter_quant import \
+    GroupwiseWeightFloatQuantProxyFromInjector
+from brevitas.proxy.groupwise_float_runtime_quant import GroupwiseActFloatQuantProxyFromInjector
+
+from brevitas_dmx.core.offset import DMXOffset
+from brevitas_dmx.core.quant import DMXFloatQuant
+
+
+def dmx_quant_of(proxy: nn.Module) -> Optional[DMXFloatQuant]:
+    """The ``DMXFloatQuant`` inside a proxy, or None if the proxy is not a dMX one."""
+    if isinstance(proxy, DMXWeightQuantProxyFromInjector):
+        return proxy.tensor_quant
+    if isinstance(proxy, DMXActQuantProxyFromInjector):
+        fused = proxy.fused_activation_quant_proxy
+        return None if fused is None else fused.tensor_quant
+    return None
+
+
+def find_shared_offset(layer: nn.Module, proxy: nn.Module, ladder: str) -> Optional[DMXOffset]:
+    """The offset of another dMX quantizer of ``layer`` that shares it, on the same ladder.
+
+    Brevitas builds each quantizer of a layer from its own injector and rebuilds them when a
+    state dict is loaded; looking the sibling up through the layer is what lets the weight and
+    input quantizers of one layer keep a single offset through both.
+    """
+    for child in layer.children():
+        if child is proxy:
+            continue
+        quant = dmx_quant_of(child)
+        if quant is not None and quant.share_offset and quant.offset.ladder.name == ladder:
+            return quant.offset
+    return None
+
+
+class DMXWeightQuantProxyFromInjector(GroupwiseWeightFloatQuantProxyFromInjector):
+    """Weight proxy of the dMX quantizers."""
+
+
+class DMXActQuantProxyFromInjector(GroupwiseActFloatQuantProxyFromInjector):
+    """Activation proxy of the dMX quantizers (dynamic per-block scales)."""
+
+    @property
+    def input_view_impl(self):
+        quant = dmx_quant_of(self)
+        return Identity() if quant is None else quant.input_view_impl

@@ -1,0 +1,79 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Shared fixtures: tiny random models and MX-stressing data, all made here."""
+
+import pytest
+import torch
+from torch import nn
+
+from brevitas import config
+from brevitas.graph.quantize import layerwise_quantize
+import brevitas.nn as qnn
+
+OCP_FORMATS = {
+    # name: (exponent bits, mantissa bits, ml_dtypes type name, max normal)
+    "e2m1": (2, 1, "float4_e2m1fn", 6.0),
+    "e2m3": (2, 3, "float6_e2m3fn", 7.5),
+    "e3m2": (3, 2, "float6_e3m2fn", 28.0),
+    "e4m3": (4, 3, "float8_e4m3fn", 448.0),
+    "e5m2": (5, 2, "float8_e5m2", 57344.0),}
+
+
+def mx_stress_tensor(rows: int = 48, cols: int = 256, seed: int = 0) -> torch.Tensor:
+    """Rows with very different magnitudes, all-zero blocks, outliers, and blocks whose small
+    elements fall in the element formats' subnormal range."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g)
+    x = x * torch.exp2(torch.randint(-30, 30, (rows, 1), generator=g).float())
+    x[:, :32] = 0.0  # one all-zero block per row
+    x[::3, 40] *= 1e3  # outliers: the rest of their block becomes subnormal or zero
+    x[1::3, 64:96] *= torch.logspace(-6, 0, 32)  # a block spanning six decades
+    return x
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+    kwargs = dict(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False)
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.eval()
+    return model
+
+
+def dmx_layer_map(weight_quant, input_quant):
+    return {
+        nn.Linear: (
+            qnn.QuantLinear,
+            {
+                "weight_quant": weight_quant,
+                "input_quant": input_quant,
+                "return_quant_tensor": False}),}
+
+
+def quantize_tiny_llama(weight_quant, input_quant, seed: int = 0):
+    """A tiny random Llama with every Linear but the LM head quantized, float weights loaded."""
+    model = tiny_llama(seed)
+    return layerwise_quantize(
+        model, dmx_layer_map(weight_quant, input_quant), name_blacklist=["lm_head"])
+
+
+@pytest.fixture
+def ignore_missing_keys():
+    previous = config.IGNORE_MISSING_KEYS
+    config.IGNORE_MISSING_KEYS = True
+    yield
+    config.IGNORE_MISSING_KEYS = previous

@@ -1,0 +1,243 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""The functional core against independent references: ml_dtypes grids and Brevitas's MX."""
+
+from conftest import mx_stress_tensor
+from conftest import OCP_FORMATS
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import brevitas.nn as qnn
+
+from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.functional import mx_fake_quantize
+from brevitas_dmx.functional import mx_max_normal
+from brevitas_dmx.functional import mx_quantize_blocks
+from brevitas_dmx.quant import fixed_mx_quantizer
+
+FORMAT_NAMES = sorted(OCP_FORMATS)
+
+
+def _blocks(x: torch.Tensor, block_size: int = 32) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1, block_size)
+
+
+@st.composite
+def mx_tensors(draw):
+    """Float32 matrices with rows at scattered magnitudes, zero blocks and outliers."""
+    rows = draw(st.integers(1, 6))
+    n_blocks = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 32 * n_blocks)).astype(np.float32)
+    x *= np.exp2(rng.integers(-40, 40, size=(rows, 1))).astype(np.float32)
+    zero_mask = rng.random((rows, n_blocks)) < 0.2
+    x.reshape(rows, n_blocks, 32)[zero_mask] = 0.0
+    outliers = rng.random(x.shape) < 0.02
+    x[outliers] *= np.float32(draw(st.sampled_from([10.0, 1e3, 1e5])))
+    return torch.from_numpy(x)
+
+
+def _ml_dtypes_reference(blocks: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Elements rounded by ml_dtypes (RNE, subnormals) after saturating at the max normal."""
+    _, _, dtype_name, max_normal = OCP_FORMATS[fmt]
+    scaled = np.clip((blocks / scale).numpy(), -max_normal, max_normal)
+    grid = scaled.astype(getattr(ml_dtypes, dtype_name)).astype(np.float32)
+    return torch.from_numpy(grid) * scale
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@settings(max_examples=40, deadline=None)
+@given(x=mx_tensors())
+def test_elements_match_ml_dtypes_grid(fmt, x):
+    e, m, _, _ = OCP_FORMATS[fmt]
+    out, scale = mx_quantize_blocks(_blocks(x), torch.tensor(float(e)), torch.tensor(float(m)))
+    assert torch.equal(out, _ml_dtypes_reference(_blocks(x), scale, fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@settings(max_examples=40, deadline=None)
+@given(x=mx_tensors())
+def test_floor_scale_is_the_ocp_shared_exponent(fmt, x):
+    e, m, _, max_normal = OCP_FORMATS[fmt]
+    _, scale = mx_quantize_blocks(_blocks(x), torch.tensor(float(e)), torch.tensor(float(m)))
+    amax = _blocks(x).abs().amax(-1, keepdim=True).clamp_min(1e-10).numpy().astype(np.float64)
+    _, exponent = np.frexp(amax)  # exact floor(log2(amax)) + 1, computed in float64
+    emax = np.floor(np.log2(max_normal))
+    expected = np.exp2(exponent - 1 - emax)
+    # Brevitas takes floor(log2(amax)) in float32, which rounds up for maxima within one float32
+    # ulp below a power of two; the core follows Brevitas there (a legal, twice larger scale).
+    just_below_power = np.exp2(exponent) * (1 - 2.0**-23) <= amax
+    expected = np.where(just_below_power, 2 * expected, expected)
+    assert np.array_equal(scale.numpy().astype(np.float64), expected)
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@settings(max_examples=40, deadline=None)
+@given(x=mx_tensors())
+def test_nonclip_scale_is_smallest_unsaturating_power_of_two(fmt, x):
+    e, m, _, max_normal = OCP_FORMATS[fmt]
+    blocks = _blocks(x)
+    _, scale = mx_quantize_blocks(
+        blocks, torch.tensor(float(e)), torch.tensor(float(m)), scale_rule="nonclip")
+    amax = blocks.abs().amax(-1, keepdim=True).clamp_min(1e-10).double()
+    scale = scale.double()
+    assert torch.equal(torch.exp2(torch.round(torch.log2(scale))), scale)
+    # Within float32 rounding of amax / max_normal, as Brevitas computes it.
+    assert bool((amax / scale <= max_normal * (1 + 2**-22)).all())
+    assert bool((amax / (scale / 2) > max_normal).all())
+
+
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_matches_brevitas_weight_quantizer(fmt, scale_rule):
+    e, m, _, _ = OCP_FORMATS[fmt]
+    x = mx_stress_tensor()
+    layer = qnn.QuantLinear(
+        x.shape[1], x.shape[0], bias=False, weight_quant=fixed_mx_quantizer(fmt, "weight",
+                                                                            scale_rule))
+    layer.weight.data.copy_(x)
+    expected = layer.quant_weight().value
+    assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
+
+
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_matches_brevitas_activation_quantizer(fmt, scale_rule):
+    e, m, _, _ = OCP_FORMATS[fmt]
+    x = mx_stress_tensor(rows=24, seed=1).reshape(2, 12, 256)
+    act = qnn.QuantIdentity(
+        fixed_mx_quantizer(fmt, "act", scale_rule).let(group_dim=-1), return_quant_tensor=True)
+    expected = act(x).value
+    assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
+
+
+@pytest.mark.parametrize(
+    "fmt,expected", [(f, spec[3]) for f, spec in sorted(OCP_FORMATS.items())])
+def test_max_normal_at_ocp_formats(fmt, expected):
+    e, m, _, _ = OCP_FORMATS[fmt]
+    assert mx_max_normal(torch.tensor(float(e)), torch.tensor(float(m))).item() == expected
+
+
+def test_max_normal_is_continuous_between_formats():
+    e = torch.linspace(2, 5, 301)
+    bound = mx_max_normal(e, torch.full_like(e, 2.0))
+    jumps = (bound[1:] / bound[:-1]).max().item()
+    assert jumps < 1.1
+
+
+def test_all_zero_block_gives_zeros_not_nan():
+    x = torch.zeros(3, 64)
+    x[1, 40] = 5.0
+    for e, m in [(2.0, 1.0), (2.7, 1.7), (4.0, 3.0)]:
+        out = mx_fake_quantize(x, e, m)
+        assert torch.isfinite(out).all()
+        assert torch.equal(out[0], torch.zeros(64)) and torch.equal(out[1, :32], torch.zeros(32))
+
+
+def test_tail_shorter_than_block_is_padded_with_zeros():
+    x = torch.randn(5, 70)
+    padded = torch.nn.functional.pad(x, (0, 26))
+    expected = mx_fake_quantize(padded, 2, 1)[:, :70]
+    assert torch.equal(mx_fake_quantize(x, 2, 1), expected)
+
+
+def test_blocks_run_along_the_requested_dim():
+    x = torch.randn(64, 7)
+    expected = mx_fake_quantize(x.t().contiguous(), 4, 3).t()
+    assert torch.equal(mx_fake_quantize(x, 4, 3, dim=0), expected)
+
+
+def test_block_size_is_respected():
+    x = torch.randn(4, 64)
+    x[:, 5] = 100.0  # with blocks of 16, the outlier only coarsens its own block
+    out16 = mx_fake_quantize(x, 2, 1, block_size=16)
+    assert torch.equal(out16[:, 16:], mx_fake_quantize(x[:, 16:], 2, 1, block_size=16))
+    assert not torch.equal(out16, mx_fake_quantize(x, 2, 1, block_size=32))
+
+
+def test_bfloat16_input_matches_float32_at_integer_formats():
+    x = torch.randn(8, 128).to(torch.bfloat16)
+    out = mx_fake_quantize(x, 4, 3)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out.float(), mx_fake_quantize(x.float(), 4, 3))
+
+
+@pytest.mark.parametrize("ladder", sorted(LADDERS))
+def test_error_decreases_as_beta_grows(ladder):
+    torch.manual_seed(0)
+    w = torch.randn(128, 512) * 0.02
+    w[torch.rand_like(w) < 0.002] *= 20
+    path = LADDERS[ladder]
+
+    def error(beta):
+        e, m = path.widths(torch.tensor(beta))
+        return ((mx_fake_quantize(w, e, m) - w)**2).mean().item()
+
+    half_steps = [error(b) for b in (0.0, 0.5, 1.0, 1.5, 2.0)]
+    assert all(b < a for a, b in zip(half_steps, half_steps[1:]))
+    fine = [error(b) for b in np.linspace(0, 2, 21)]
+    assert all(b < 1.1 * a for a, b in zip(fine, fine[1:]))
+
+
+@pytest.mark.parametrize("ladder", sorted(LADDERS))
+def test_gradients_to_beta_are_finite_and_nonzero(ladder):
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.02
+    x = torch.randn(16, 256)
+    target = x @ w.t()
+    path = LADDERS[ladder]
+    for start in (0.3, 1.0, 1.7):
+        beta = torch.tensor(start, requires_grad=True)
+        e, m = path.widths(beta)
+        out = mx_fake_quantize(x, e, m) @ mx_fake_quantize(w, e, m).t()
+        ((out - target)**2).mean().backward()
+        assert torch.isfinite(beta.grad) and beta.grad.item() != 0.0
+
+
+def test_gradient_reaches_exponent_and_mantissa_separately():
+    w = torch.randn(32, 64)
+    e = torch.tensor(2.5, requires_grad=True)
+    m = torch.tensor(1.5, requires_grad=True)
+    (mx_fake_quantize(w, e, m) * torch.randn(32, 64)).sum().backward()
+    assert e.grad.item() != 0.0 and m.grad.item() != 0.0
+
+
+def test_gradient_to_input_is_straight_through_except_saturated():
+    x = torch.randn(2, 32) * 0.1
+    x[0, 3] = 100.0  # 6.25 after scaling: rounds to the max normal 6, not saturated
+    x[1, 3] = 7.5  # rounds to 8 on the E2M1 grid: saturates to 6
+    x.requires_grad_(True)
+    mx_fake_quantize(x, 2, 1).sum().backward()
+    expected = torch.ones_like(x)
+    expected[1, 3] = 0.0
+    assert torch.equal(x.grad, expected)
+
+
+def test_per_row_widths_broadcast():
+    x = torch.randn(2, 64)
+    e = torch.tensor([[2.0], [4.0]])
+    m = torch.tensor([[1.0], [3.0]])
+    out = mx_fake_quantize(x, e, m)
+    assert torch.equal(out[0], mx_fake_quantize(x[:1], 2, 1)[0])
+    assert torch.equal(out[1], mx_fake_quantize(x[1:], 4, 3)[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(block_size=0), "block_size"),
+        (dict(scale_rule="round"), "scale_rule"),
+        (dict(exponent_bits=0), "exponent_bits"),
+        (dict(mantissa_bits=torch.ones(1, 64)), "size 1 along"),],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    args = dict(exponent_bits=2, mantissa_bits=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        mx_fake_quantize(torch.randn(4, 64), **args)
