@@ -23,6 +23,7 @@ Conventions, chosen so that integer formats match Brevitas's fixed MX quantizers
   Brevitas's group view does; the padding never changes a block maximum and is dropped again.
 """
 
+import math
 from typing import Tuple, Union
 
 import torch
@@ -34,14 +35,6 @@ SCALE_RULES = ("floor", "nonclip")
 SCALING_MIN_VAL = 1e-10
 
 Width = Union[float, Tensor]
-
-
-def _round_ste(x: Tensor) -> Tensor:
-    return x + (torch.round(x) - x).detach()
-
-
-def _ceil_ste(x: Tensor) -> Tensor:
-    return x + (torch.ceil(x) - x).detach()
 
 
 def mx_exponent_bias(exponent_bits: Tensor) -> Tensor:
@@ -69,6 +62,95 @@ def mx_max_normal(exponent_bits: Tensor, mantissa_bits: Tensor) -> Tensor:
     return max_mantissa * torch.exp2(mx_max_exponent(exponent_bits))
 
 
+def _scale_exponent_term(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
+    """The part of the shared scale exponent that depends on the format.
+
+    floor: ``floor(log2 amax) - emax(e)``; nonclip: ``ceil(log2 amax - log2 max_normal(e, m))``,
+    whose gradient (straight-through ceil) is that of ``-log2 max_normal``.
+    """
+    if scale_rule == "floor":
+        return -mx_max_exponent(e)
+    return -torch.log2(mx_max_normal(e, m))
+
+
+def _quantize_forward(blocks, e, m, scale_rule):
+    """Forward pass without autograd. Returns everything backward needs to recompute."""
+    dtype = blocks.dtype
+    max_normal = mx_max_normal(e, m)
+    amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min(SCALING_MIN_VAL)
+    if scale_rule == "floor":
+        scale_exponent = torch.floor(torch.log2(amax)) - mx_max_exponent(e)
+    else:
+        scale_exponent = torch.ceil(torch.log2(amax / max_normal))
+    scale = torch.exp2(scale_exponent)
+    scaled = blocks / scale
+    binade = torch.floor(torch.log2(scaled.abs() + torch.finfo(dtype).tiny))
+    min_exponent = 1 - mx_exponent_bias(e)
+    subnormal = binade < min_exponent
+    step = torch.exp2(torch.where(subnormal, min_exponent, binade) - m)
+    elements = step * torch.round(scaled / step)
+    above = elements > max_normal
+    below = elements < -max_normal
+    elements = torch.where(above, max_normal, torch.where(below, -max_normal, elements))
+    return elements * scale, scale, subnormal, above, below
+
+
+class _MXQuantizeBlocks(torch.autograd.Function):
+    """MX fake-quantization that keeps only its input and the block scales for backward.
+
+    Backward recomputes the forward from the input. The per-element chain rule is reduced to
+    four sums, which autograd then carries through the (tiny) format-parameter functions
+    (``mx_max_exponent``, ``mx_exponent_bias``, ``mx_max_normal``), so those functions exist once.
+    """
+
+    @staticmethod
+    def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
+        e = exponent_bits.to(blocks.dtype)
+        m = mantissa_bits.to(blocks.dtype)
+        out, scale, _, _, _ = _quantize_forward(blocks, e, m, scale_rule)
+        ctx.save_for_backward(blocks, exponent_bits, mantissa_bits)
+        ctx.scale_rule = scale_rule
+        ctx.mark_non_differentiable(scale)
+        return out, scale
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_scale):
+        blocks, exponent_bits, mantissa_bits = ctx.saved_tensors
+        dtype = blocks.dtype
+        out, scale, subnormal, above, below = _quantize_forward(
+            blocks, exponent_bits.to(dtype), mantissa_bits.to(dtype), ctx.scale_rule)
+        inside = ~(above | below)
+        grad_blocks = grad_out * inside if ctx.needs_input_grad[0] else None
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            return grad_blocks, None, None, None
+
+        ln2 = math.log(2.0)
+        # d out / d(log2 step) inside the range is ln2 * (out - x): the rounding error.
+        error = torch.where(inside, out - blocks, 0).float()
+        clamped_out = torch.where(inside, 0, out).float()
+        g = grad_out.float()
+        with torch.enable_grad():
+            e = exponent_bits.detach().float().requires_grad_(True)
+            m = mantissa_bits.detach().float().requires_grad_(True)
+            shape = torch.broadcast_shapes(e.shape, m.shape)
+            terms = (
+                # the shared scale 2**k: d out/d k = ln2 * out
+                (_scale_exponent_term(e, m, ctx.scale_rule), ln2 * g * (error + clamped_out)),
+                # the subnormal threshold 1 - bias sets the step of subnormal elements
+                (1 - mx_exponent_bias(e), ln2 * g * error * subnormal),
+                # the step 2**(binade - m)
+                (-m, ln2 * g * error),
+                # the saturation bound
+                (mx_max_normal(e, m), g * scale.float() * (above.float() - below.float())),
+            )
+            outputs = [value.expand(shape) for value, _ in terms]
+            adjoints = [adjoint.sum_to_size(shape) for _, adjoint in terms]
+            grad_e, grad_m = torch.autograd.grad(outputs, (e, m), adjoints, allow_unused=True)
+        grad_e = None if grad_e is None else grad_e.sum_to_size(exponent_bits.shape)
+        grad_m = None if grad_m is None else grad_m.sum_to_size(mantissa_bits.shape)
+        return grad_blocks, grad_e, grad_m, None
+
+
 def mx_quantize_blocks(
         blocks: Tensor,
         exponent_bits: Tensor,
@@ -77,33 +159,11 @@ def mx_quantize_blocks(
     """Fake-quantizes ``blocks`` whose last dimension is one MX block.
 
     ``exponent_bits`` and ``mantissa_bits`` must broadcast against ``blocks``. Returns the
-    fake-quantized blocks and the shared scales (last dimension of size 1).
+    fake-quantized blocks and the shared scales (last dimension of size 1; not differentiable).
     """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"Unknown scale_rule {scale_rule!r}; choose one of {SCALE_RULES}.")
-    dtype = blocks.dtype
-    e = exponent_bits.to(dtype)
-    m = mantissa_bits.to(dtype)
-    max_normal = mx_max_normal(e, m)
-    amax = blocks.detach().abs().amax(dim=-1, keepdim=True).clamp_min(SCALING_MIN_VAL)
-    if scale_rule == "floor":
-        scale_exponent = torch.floor(torch.log2(amax)) - mx_max_exponent(e)
-    else:
-        scale_exponent = _ceil_ste(torch.log2(amax / max_normal))
-    scale = torch.exp2(scale_exponent)
-
-    scaled = blocks / scale
-    # Exponent of each element's binade, clamped at the subnormal range; constant w.r.t. the
-    # format except through the bias (the subnormal threshold).
-    binade = torch.floor(torch.log2(scaled.detach().abs() + torch.finfo(dtype).tiny))
-    element_exponent = torch.maximum(binade, 1 - mx_exponent_bias(e)) - m
-    step = torch.exp2(element_exponent)
-    elements = step * _round_ste(scaled / step)
-    # Saturate; ``where`` rather than min/max so that an element landing exactly on the bound
-    # keeps its whole straight-through gradient.
-    elements = torch.where(elements > max_normal, max_normal, elements)
-    elements = torch.where(elements < -max_normal, -max_normal, elements)
-    return elements * scale, scale
+    return _MXQuantizeBlocks.apply(blocks, exponent_bits, mantissa_bits, scale_rule)
 
 
 def _as_width(width: Width, name: str, like: Tensor) -> Tensor:
