@@ -73,79 +73,97 @@ def _scale_exponent_term(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
     return -torch.log2(mx_max_normal(e, m))
 
 
-def _quantize_forward(blocks, e, m, scale_rule):
-    """Forward pass without autograd. Returns everything backward needs to recompute."""
-    dtype = blocks.dtype
-    max_normal = mx_max_normal(e, m)
-    amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min(SCALING_MIN_VAL)
+def _block_scale(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
+    """The shared power-of-two scale of each block (last dimension kept, of size 1)."""
+    amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALING_MIN_VAL)
     if scale_rule == "floor":
         scale_exponent = torch.floor(torch.log2(amax)) - mx_max_exponent(e)
     else:
-        scale_exponent = torch.ceil(torch.log2(amax / max_normal))
-    scale = torch.exp2(scale_exponent)
-    scaled = blocks / scale
-    binade = torch.floor(torch.log2(scaled.abs() + torch.finfo(dtype).tiny))
+        scale_exponent = torch.ceil(torch.log2(amax / mx_max_normal(e, m)))
+    return torch.exp2(scale_exponent)
+
+
+def _element_step(scaled: Tensor, e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor]:
+    """Grid spacing of each scaled element, and whether it lies in the subnormal range.
+
+    ``frexp`` gives the exact binade; at a power of two it may differ from Brevitas's float
+    ``log2`` by one binade for values within an ulp below it, where both grids round to the
+    same power of two.
+    """
+    binade = torch.frexp(scaled)[1].to(scaled.dtype) - 1
     min_exponent = 1 - mx_exponent_bias(e)
     subnormal = binade < min_exponent
-    step = torch.exp2(torch.where(subnormal, min_exponent, binade) - m)
-    elements = step * torch.round(scaled / step)
-    above = elements > max_normal
-    below = elements < -max_normal
-    elements = torch.where(above, max_normal, torch.where(below, -max_normal, elements))
-    return elements * scale, scale, subnormal, above, below
+    return torch.exp2(torch.maximum(binade, min_exponent) - m), subnormal
 
 
 class _MXQuantizeBlocks(torch.autograd.Function):
     """MX fake-quantization that keeps only its input and the block scales for backward.
 
-    Backward recomputes the forward from the input. The per-element chain rule is reduced to
-    four sums, which autograd then carries through the (tiny) format-parameter functions
-    (``mx_max_exponent``, ``mx_exponent_bias``, ``mx_max_normal``), so those functions exist once.
+    Backward recomputes the element rounding from the input. The per-element chain rule is
+    reduced to three sums, which autograd then carries through the tiny format-parameter
+    functions (``mx_max_exponent``, ``mx_exponent_bias``, ``mx_max_normal``), so each of those
+    exists once.
     """
 
     @staticmethod
     def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
         e = exponent_bits.to(blocks.dtype)
         m = mantissa_bits.to(blocks.dtype)
-        out, scale, _, _, _ = _quantize_forward(blocks, e, m, scale_rule)
-        ctx.save_for_backward(blocks, exponent_bits, mantissa_bits)
+        max_normal = mx_max_normal(e, m)
+        scale = _block_scale(blocks, e, m, scale_rule)
+        out = blocks / scale
+        step, _ = _element_step(out, e, m)
+        out.div_(step).round_().mul_(step)
+        out = torch.maximum(torch.minimum(out, max_normal), -max_normal).mul_(scale)
+        ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
         ctx.mark_non_differentiable(scale)
         return out, scale
 
     @staticmethod
     def backward(ctx, grad_out, grad_scale):
-        blocks, exponent_bits, mantissa_bits = ctx.saved_tensors
+        blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
         dtype = blocks.dtype
-        out, scale, subnormal, above, below = _quantize_forward(
-            blocks, exponent_bits.to(dtype), mantissa_bits.to(dtype), ctx.scale_rule)
-        inside = ~(above | below)
+        e, m = exponent_bits.to(dtype), mantissa_bits.to(dtype)
+        max_normal = mx_max_normal(e, m)
+        scaled = blocks / scale
+        step, subnormal = _element_step(scaled, e, m)
+        rounded = torch.round(scaled / step).mul_(step)
+        # +1 where the element saturates high, -1 low, 0 inside the range
+        saturated = (rounded > max_normal).to(dtype) - (rounded < -max_normal).to(dtype)
+        inside = saturated == 0
         grad_blocks = grad_out * inside if ctx.needs_input_grad[0] else None
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             return grad_blocks, None, None, None
 
+        shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
+        reduce = lambda t: t.float().sum_to_size(shape)
+        scaled_grad = grad_out * scale  # out = elements * scale
+        # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
+        error_grad = rounded.sub_(scaled).mul_(inside).mul_(scaled_grad)
+        sum_error = reduce(error_grad)
+        sum_error_subnormal = reduce(error_grad.mul_(subnormal))
+        sum_saturated = reduce(scaled_grad.mul_(saturated))
         ln2 = math.log(2.0)
-        # d out / d(log2 step) inside the range is ln2 * (out - x): the rounding error.
-        error = torch.where(inside, out - blocks, 0).float()
-        clamped_out = torch.where(inside, 0, out).float()
-        g = grad_out.float()
         with torch.enable_grad():
             e = exponent_bits.detach().float().requires_grad_(True)
             m = mantissa_bits.detach().float().requires_grad_(True)
-            shape = torch.broadcast_shapes(e.shape, m.shape)
+            max_normal = mx_max_normal(e, m)
             terms = (
-                # the shared scale 2**k: d out/d k = ln2 * out
-                (_scale_exponent_term(e, m, ctx.scale_rule), ln2 * g * (error + clamped_out)),
+                # the shared scale 2**k: d out / d k = ln2 * out
+                (_scale_exponent_term(e, m, ctx.scale_rule),
+                 ln2 * (sum_error + max_normal.detach() * sum_saturated)),
                 # the subnormal threshold 1 - bias sets the step of subnormal elements
-                (1 - mx_exponent_bias(e), ln2 * g * error * subnormal),
+                (1 - mx_exponent_bias(e), ln2 * sum_error_subnormal),
                 # the step 2**(binade - m)
-                (-m, ln2 * g * error),
+                (-m, ln2 * sum_error),
                 # the saturation bound
-                (mx_max_normal(e, m), g * scale.float() * (above.float() - below.float())),
+                (max_normal, sum_saturated),
             )
             outputs = [value.expand(shape) for value, _ in terms]
-            adjoints = [adjoint.sum_to_size(shape) for _, adjoint in terms]
-            grad_e, grad_m = torch.autograd.grad(outputs, (e, m), adjoints, allow_unused=True)
+            grad_e, grad_m = torch.autograd.grad(
+                outputs, (e, m), [adjoint.expand(shape) for _, adjoint in terms],
+                allow_unused=True)
         grad_e = None if grad_e is None else grad_e.sum_to_size(exponent_bits.shape)
         grad_m = None if grad_m is None else grad_m.sum_to_size(mantissa_bits.shape)
         return grad_blocks, grad_e, grad_m, None

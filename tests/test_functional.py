@@ -266,11 +266,11 @@ def test_custom_backward_matches_autograd_reference(widths, scale_rule):
     assert ge.item() != 0.0 and gm.item() != 0.0
 
 
-def test_custom_backward_saves_only_the_input_and_widths():
+def test_custom_backward_saves_only_the_input_and_block_scales():
     x = torch.randn(64, 256, requires_grad=True)
     e = torch.tensor(2.5, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         mx_fake_quantize(x, e, e - 1)
-    big = [t for t in saved if t.numel() > 64]
+    big = [t for t in saved if t.numel() > x.numel() // 32]  # more than one value per block
     assert len(big) == 1 and big[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
