@@ -21,6 +21,7 @@ import brevitas.nn as qnn
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Act
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
 
+from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 
@@ -66,7 +67,7 @@ def _saved_bytes(fn):
     return out, sum(storages.values())
 
 
-def _time(fn, device, iters, warmup=1):
+def _time(fn, device, iters, warmup=2):
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -128,10 +129,14 @@ def main():
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--compile", action="store_true", help="fuse the dMX element-wise work (torch.compile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.compile:
+        enable_compile(True)
     rows = []
     for shape in args.shapes.split(","):
         in_features, out_features = map(int, shape.lower().split("x"))
@@ -139,7 +144,8 @@ def main():
             rows.append(bench_layer(kind, in_features, out_features, args.tokens, device,
                                     args.iters))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
-    print(f"device: {name}, torch {torch.__version__}, tokens {args.tokens}")
+    print(f"device: {name}, torch {torch.__version__}, tokens {args.tokens}, "
+          f"dMX compiled: {args.compile}")
     print("| shape | quantizer | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) "
           "| vs Brevitas | CUDA peak (MiB) | quantizers alone (s) | GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -24,6 +24,7 @@ Conventions, chosen so that integer formats match Brevitas's fixed MX quantizers
 """
 
 import math
+import os
 from typing import Tuple, Union
 
 import torch
@@ -96,6 +97,54 @@ def _element_step(scaled: Tensor, e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor]
     return torch.exp2(torch.maximum(binade, min_exponent) - m), subnormal
 
 
+def _forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str):
+    """Fake-quantized blocks and block scales; no autograd."""
+    max_normal = mx_max_normal(e, m)
+    scale = _block_scale(blocks, e, m, scale_rule)
+    out = blocks / scale
+    step, _ = _element_step(out, e, m)
+    out = torch.round(out / step) * step
+    out = torch.maximum(torch.minimum(out, max_normal), -max_normal) * scale
+    return out, scale
+
+
+def _backward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale: Tensor, grad_out: Tensor,
+                     shape: Tuple[int, ...]):
+    """Input gradient and the three sums the format gradient needs; no autograd."""
+    max_normal = mx_max_normal(e, m)
+    scaled = blocks / scale
+    step, subnormal = _element_step(scaled, e, m)
+    rounded = torch.round(scaled / step) * step
+    # +1 where the element saturates high, -1 low, 0 inside the range
+    saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
+    inside = saturated == 0
+    grad_blocks = grad_out * inside
+    scaled_grad = grad_out * scale  # out = elements * scale
+    # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
+    error_grad = (rounded - scaled) * inside * scaled_grad
+    sum_error = error_grad.float().sum_to_size(shape)
+    sum_error_subnormal = (error_grad * subnormal).float().sum_to_size(shape)
+    sum_saturated = (scaled_grad * saturated).float().sum_to_size(shape)
+    return grad_blocks, sum_error, sum_error_subnormal, sum_saturated
+
+
+_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
+
+
+def enable_compile(enabled: bool = True) -> None:
+    """Fuses the element-wise work with ``torch.compile`` (worth it on GPUs; the first call of
+    each shape family compiles). Also switched on by ``BREVITAS_DMX_COMPILE=1``."""
+    if enabled:
+        _KERNELS["forward"] = torch.compile(_forward_kernel, dynamic=True)
+        _KERNELS["backward"] = torch.compile(_backward_kernel, dynamic=True)
+    else:
+        _KERNELS.update(forward=_forward_kernel, backward=_backward_kernel)
+
+
+if os.environ.get("BREVITAS_DMX_COMPILE", "0") not in ("", "0"):
+    enable_compile(True)
+
+
 class _MXQuantizeBlocks(torch.autograd.Function):
     """MX fake-quantization that keeps only its input and the block scales for backward.
 
@@ -109,12 +158,7 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
         e = exponent_bits.to(blocks.dtype)
         m = mantissa_bits.to(blocks.dtype)
-        max_normal = mx_max_normal(e, m)
-        scale = _block_scale(blocks, e, m, scale_rule)
-        out = blocks / scale
-        step, _ = _element_step(out, e, m)
-        out.div_(step).round_().mul_(step)
-        out = torch.maximum(torch.minimum(out, max_normal), -max_normal).mul_(scale)
+        out, scale = _KERNELS["forward"](blocks, e, m, scale_rule)
         ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
         ctx.mark_non_differentiable(scale)
@@ -124,26 +168,13 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     def backward(ctx, grad_out, grad_scale):
         blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
         dtype = blocks.dtype
-        e, m = exponent_bits.to(dtype), mantissa_bits.to(dtype)
-        max_normal = mx_max_normal(e, m)
-        scaled = blocks / scale
-        step, subnormal = _element_step(scaled, e, m)
-        rounded = torch.round(scaled / step).mul_(step)
-        # +1 where the element saturates high, -1 low, 0 inside the range
-        saturated = (rounded > max_normal).to(dtype) - (rounded < -max_normal).to(dtype)
-        inside = saturated == 0
-        grad_blocks = grad_out * inside if ctx.needs_input_grad[0] else None
+        shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
+        grad_blocks, sum_error, sum_error_subnormal, sum_saturated = _KERNELS["backward"](
+            blocks, exponent_bits.to(dtype), mantissa_bits.to(dtype), scale, grad_out, shape)
+        if not ctx.needs_input_grad[0]:
+            grad_blocks = None
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             return grad_blocks, None, None, None
-
-        shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
-        reduce = lambda t: t.float().sum_to_size(shape)
-        scaled_grad = grad_out * scale  # out = elements * scale
-        # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
-        error_grad = rounded.sub_(scaled).mul_(inside).mul_(scaled_grad)
-        sum_error = reduce(error_grad)
-        sum_error_subnormal = reduce(error_grad.mul_(subnormal))
-        sum_saturated = reduce(scaled_grad.mul_(saturated))
         ln2 = math.log(2.0)
         with torch.enable_grad():
             e = exponent_bits.detach().float().requires_grad_(True)
