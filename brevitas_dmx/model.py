@@ -28,7 +28,10 @@ __all__ = [
     "bits_report",
     "format_map",
     "apply_format_map",
-    "finalize",]
+    "finalize",
+    "mx_quantizers",
+    "tie_offsets",
+    "tie_groups",]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
 # quantizes the input of whatever follows it, so it reports as "input".
@@ -112,6 +115,11 @@ def _mx_layers(model: nn.Module, include_fixed: bool) -> Iterator[Tuple[str, Lis
             yield name, quants
 
 
+def mx_quantizers(model: nn.Module) -> List[Tuple[str, "_Quantizer"]]:
+    """(layer name, quantizer record) of every MX quantizer, learnable or fixed."""
+    return [(name, q) for name, quants in _mx_layers(model, include_fixed=True) for q in quants]
+
+
 def dmx_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """The (name, module) pairs whose quantizers carry a learnable MX format."""
     return [(name, quants[0].layer) for name, quants in _mx_layers(model, include_fixed=False)]
@@ -176,7 +184,9 @@ def average_bits(
         result = sum(mean(g, weighted=False) for g in groups) / len(groups)
     else:
         result = mean(quants, weighted=True)
-    return torch.as_tensor(result, dtype=torch.float32)
+    if torch.is_tensor(result):
+        return result
+    return torch.tensor(result, dtype=torch.float64)  # discrete: keep the exact value
 
 
 def bits_report(model: nn.Module) -> Dict[str, float]:
@@ -286,3 +296,42 @@ def finalize(model: nn.Module) -> nn.Module:
             proxy.train(quant.proxy.training)
             setattr(quant.layer, quant.attr, proxy)
     return model
+
+
+TIE_PRESETS = {
+    "none": (),
+    "qkv": (("q_proj", "k_proj", "v_proj"),),
+    "qkv-gateup": (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),}
+
+
+def tie_groups(model: nn.Module, preset: str) -> List[List[str]]:
+    """Groups of dMX layers that a deployment fuses (q/k/v of one attention; gate/up of one MLP)
+    by the ``preset`` 'none', 'qkv' or 'qkv-gateup'."""
+    if preset not in TIE_PRESETS:
+        raise ValueError(f"Unknown tie preset {preset!r}; choose one of {list(TIE_PRESETS)}.")
+    names = [name for name, _ in dmx_layers(model)]
+    groups = []
+    for suffixes in TIE_PRESETS[preset]:
+        by_parent: Dict[str, List[str]] = {}
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            if leaf in suffixes:
+                by_parent.setdefault(parent, []).append(name)
+        groups.extend(g for g in by_parent.values() if len(g) > 1)
+    return groups
+
+
+def tie_offsets(model: nn.Module, groups) -> None:
+    """Makes every quantizer of each group of layers use the first layer's offset, so a group
+    trains and ends as one format. Layers of a group must be dMX layers on one ladder."""
+    layers = {name: quants for name, quants in _mx_layers(model, include_fixed=False)}
+    for group in groups:
+        missing = [name for name in group if name not in layers]
+        if missing:
+            raise ValueError(f"Cannot tie {list(group)}: not dMX layers: {missing}")
+        leader = layers[group[0]][0].dmx.offset
+        for name in group:
+            for quant in layers[name]:
+                if quant.dmx.offset.ladder.name != leader.ladder.name:
+                    raise ValueError(f"Cannot tie {list(group)}: their ladders differ")
+                quant.dmx.offset = leader

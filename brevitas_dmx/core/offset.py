@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The learnable format offset of one layer: raw offset -> beta = F(raw, T)."""
 
+import math
 from typing import Optional
 
 import torch
@@ -54,6 +55,8 @@ class DMXOffset(nn.Module):
         self.raw_offset = nn.Parameter(torch.tensor(float(init), device=device))
         self.register_buffer(
             "temperature", torch.tensor(float(temperature), device=device), persistent=False)
+        # The discrete offset a budget projection assigned (NaN: none, use the raw offset).
+        self.register_buffer("assigned_offset", torch.tensor(math.nan, device=device))
 
     def extra_repr(self) -> str:
         return f"ladder={self.ladder.name}, sharpness={self.sharpness}"
@@ -69,7 +72,18 @@ class DMXOffset(nn.Module):
         return self.discrete()
 
     def discrete(self) -> Tensor:
+        """The hardware format's offset: the projection's assignment if any, else F(raw, inf)."""
+        if not torch.isnan(self.assigned_offset):
+            return self.assigned_offset.clone()
         return discrete_offset(self.raw_offset.detach(), self.ladder.span, self.ladder.kind)
+
+    def assign(self, beta: Optional[float]) -> None:
+        """Fixes the discrete offset (a budget projection's choice); None clears it."""
+        if beta is not None and beta not in self.ladder.discrete_betas:
+            raise ValueError(
+                f"offset {beta} is not a format of ladder {self.ladder.name} "
+                f"(offsets {self.ladder.discrete_betas})")
+        self.assigned_offset.fill_(math.nan if beta is None else float(beta))
 
     def _load_from_state_dict(
             self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -77,6 +91,7 @@ class DMXOffset(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         # A float checkpoint has no offsets: keep the initial ones, as Brevitas does for scales.
-        key = prefix + "raw_offset"
-        if config.IGNORE_MISSING_KEYS and key in missing_keys:
-            missing_keys.remove(key)
+        for name in ("raw_offset", "assigned_offset"):
+            key = prefix + name
+            if config.IGNORE_MISSING_KEYS and key in missing_keys:
+                missing_keys.remove(key)

@@ -1,0 +1,65 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Annealing and logging as Hugging Face ``TrainerCallback``s."""
+
+from collections import Counter
+
+from transformers import TrainerCallback
+
+from brevitas_dmx.model import format_map
+from brevitas_dmx.model import set_temperature
+
+DEFAULT_TEMP_START = 0.4
+DEFAULT_TEMP_END = 20.0
+DEFAULT_TEMP_DELAY = 0.6
+
+
+def temperature_at(
+        step: int,
+        total_steps: int,
+        start: float = DEFAULT_TEMP_START,
+        end: float = DEFAULT_TEMP_END,
+        delay: float = DEFAULT_TEMP_DELAY) -> float:
+    """T for 0-based ``step`` of ``total_steps``: ``start`` for the first ``delay`` fraction,
+    then exponential growth that reaches ``end`` at the last step."""
+    if total_steps <= 1:
+        return end
+    hold = int(delay * total_steps)
+    last = total_steps - 1
+    if step < hold or hold >= last:
+        return start if step < last else end
+    progress = (min(step, last) - hold) / (last - hold)
+    return start * (end / start)**progress
+
+
+class TemperatureScheduleCallback(TrainerCallback):
+    """Sets T on every offset before each optimizer step, from the global step."""
+
+    def __init__(self, start=DEFAULT_TEMP_START, end=DEFAULT_TEMP_END, delay=DEFAULT_TEMP_DELAY):
+        if not (0 < start and 0 < end):
+            raise ValueError("temperatures must be positive")
+        if not 0 <= delay <= 1:
+            raise ValueError(f"the temperature delay is a fraction in [0, 1], got {delay}")
+        self.start, self.end, self.delay = start, end, delay
+        self.temperature = start
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.temperature = temperature_at(
+            state.global_step, state.max_steps, self.start, self.end, self.delay)
+        set_temperature(model, self.temperature)
+
+
+class DMXLoggingCallback(TrainerCallback):
+    """Adds temperature and the number of layers per discrete format to the trainer's logs
+    (average bits, task loss and penalty are logged by the trainer itself)."""
+
+    def __init__(self, schedule: TemperatureScheduleCallback):
+        self.schedule = schedule
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if logs is None or model is None:
+            return
+        logs["temperature"] = self.schedule.temperature
+        counts = Counter(entry["weight"] or entry["input"] for entry in format_map(model).values())
+        for fmt, count in sorted(counts.items()):
+            logs[f"layers_{fmt}"] = count

@@ -1,0 +1,224 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Exact budget projection: discrete formats whose average never exceeds the target.
+
+Training lands near the budget but nothing guarantees it. After training, each learnable offset
+(one per layer, or per tie group) is a unit that takes one format of its ladder. The average bit
+width is linear in the units' formats, with exact rational coefficients from the chosen
+weighting, so the budget check is exact (``fractions.Fraction``). Units start at their cheapest
+format; upgrades are ranked by how far training pushed the raw offset past the upgrade's
+threshold and applied in that order while they fit. The same learned offsets therefore meet any
+other target without retraining (``retarget``).
+"""
+
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from fractions import Fraction
+import json
+import os
+from typing import Dict, List, Optional, Union
+
+from torch import nn
+
+from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.model import format_map
+from brevitas_dmx.model import mx_quantizers
+from brevitas_dmx.model import WEIGHTINGS
+
+UNITS_FILE = "budget_units.json"
+
+
+@dataclass
+class Member:
+    """One quantizer: where it is, what kind, how many elements, its block size."""
+    layer: str
+    role: str
+    size: int
+    group_size: int = 32
+    fixed_bits: Optional[int] = None  # a pinned or fixed quantizer: its format's bits
+    fixed_format: Optional[str] = None
+
+
+@dataclass
+class Unit:
+    """One learnable offset and the quantizers it drives."""
+    raw_offset: float
+    ladder: str
+    members: List[Member] = field(default_factory=list)
+
+
+@dataclass
+class BudgetProblem:
+    units: List[Unit]
+    fixed: List[Member]
+
+    def to_json(self) -> Dict:
+        return {"units": [asdict(u) for u in self.units], "fixed": [asdict(m) for m in self.fixed]}
+
+    @classmethod
+    def from_json(cls, data: Dict) -> "BudgetProblem":
+        units = [
+            Unit(u["raw_offset"], u["ladder"], [Member(**m) for m in u["members"]])
+            for u in data["units"]]
+        return cls(units, [Member(**m) for m in data["fixed"]])
+
+
+@dataclass
+class Projection:
+    betas: List[int]  # the discrete offset of each unit
+    average: float  # achieved average under the weighting (with scale bits if asked)
+    target: float
+    weighting: str
+    include_scale_bits: bool
+
+
+def _budget_problem_and_offsets(model: nn.Module):
+    units: Dict[int, Unit] = {}
+    offsets = []
+    fixed = []
+    for name, quant in mx_quantizers(model):
+        group_size = quant.dmx.group_size if quant.dmx is not None else quant.fixed_format()[1]
+        member = Member(name, quant.role, int(quant.size()), int(group_size))
+        if quant.dmx is None or quant.dmx.is_pinned:
+            fmt = quant.discrete_format()
+            member.fixed_bits, member.fixed_format = fmt.bits, fmt.name
+            fixed.append(member)
+            continue
+        offset = quant.dmx.offset
+        if id(offset) not in units:
+            units[id(offset)] = Unit(float(offset.raw_offset.detach()), offset.ladder.name)
+            offsets.append(offset)
+        units[id(offset)].members.append(member)
+    return BudgetProblem(list(units.values()), fixed), offsets
+
+
+def budget_problem(model: nn.Module) -> BudgetProblem:
+    """The units (distinct learnable offsets) and fixed quantizers of a model."""
+    return _budget_problem_and_offsets(model)[0]
+
+
+def _coefficients(members: List[Member], weighting: str) -> List[Fraction]:
+    """Exact weight of each member in the average (they sum to 1 over counted members)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+    is_weight = [m.role == "weight" for m in members]
+    if weighting == "simple":
+        n_w, n_a = sum(is_weight), len(members) - sum(is_weight)
+        groups = (n_w > 0) + (n_a > 0)
+        return [Fraction(1, groups * (n_w if w else n_a)) for w in is_weight]
+    sizes = [m.size if (w or weighting == "size") else 0 for m, w in zip(members, is_weight)]
+    total = sum(sizes)
+    if total == 0:
+        raise ValueError(f"No quantizers count under the {weighting!r} weighting.")
+    return [Fraction(s, total) for s in sizes]
+
+
+def project(
+        problem: BudgetProblem,
+        target_bits: float,
+        weighting: str = "simple",
+        include_scale_bits: bool = False) -> Projection:
+    """Chooses a discrete offset per unit so the average is at most ``target_bits``."""
+    members = [m for u in problem.units for m in u.members] + list(problem.fixed)
+    coefficients = dict(zip(map(id, members), _coefficients(members, weighting)))
+    target = Fraction(target_bits).limit_denominator(10**6)
+    if include_scale_bits:
+        target -= sum(coefficients[id(m)] * Fraction(E8M0_SCALE_BITS, m.group_size)
+                      for m in members)
+    ladders = [get_ladder(u.ladder) for u in problem.units]
+    unit_weight = [sum(coefficients[id(m)] for m in u.members) for u in problem.units]
+    levels = [0] * len(problem.units)
+    average = sum(coefficients[id(m)] * m.fixed_bits for m in problem.fixed)
+    average += sum(w * l.formats[0].bits for w, l in zip(unit_weight, ladders))
+    if average > target:
+        scale = " with scale bits" if include_scale_bits else ""
+        floor = float(average + (Fraction(target_bits) - target))
+        raise ValueError(
+            f"A {target_bits}-bit {weighting} average{scale} is below what this model can reach "
+            f"({floor:.4g} bits with every learnable layer at its cheapest format).")
+    upgrades = []
+    for index, (unit, path) in enumerate(zip(problem.units, ladders)):
+        betas = path.discrete_betas
+        for level in range(len(betas) - 1):
+            threshold = (betas[level] + betas[level + 1]) / 2
+            upgrades.append((unit.raw_offset - threshold, -index, level))
+    for _, neg_index, level in sorted(upgrades, reverse=True):
+        index = -neg_index
+        if levels[index] != level:
+            continue
+        formats = ladders[index].formats
+        extra = unit_weight[index] * (formats[level + 1].bits - formats[level].bits)
+        if average + extra <= target:
+            average += extra
+            levels[index] = level + 1
+    betas = [path.discrete_betas[level] for path, level in zip(ladders, levels)]
+    achieved = average + (Fraction(target_bits) - target)
+    return Projection(betas, float(achieved), float(target_bits), weighting, include_scale_bits)
+
+
+def project_model(
+        model: nn.Module,
+        target_bits: float,
+        weighting: str = "simple",
+        include_scale_bits: bool = False) -> Projection:
+    """Projects a model's learned offsets onto the budget and assigns the chosen formats."""
+    problem, offsets = _budget_problem_and_offsets(model)
+    result = project(problem, target_bits, weighting, include_scale_bits)
+    for offset, beta in zip(offsets, result.betas):
+        offset.assign(beta)
+    return result
+
+
+def problem_format_map(problem: BudgetProblem, betas: List[int]) -> Dict[str, Dict]:
+    """The format map a projection gives, built from a budget problem alone (no model)."""
+    out: Dict[str, Dict] = {}
+    for unit, beta in zip(problem.units, betas):
+        fmt = get_ladder(unit.ladder).formats[get_ladder(unit.ladder).discrete_betas.index(beta)]
+        for member in unit.members:
+            out.setdefault(member.layer, {"weight": None, "input": None})[member.role] = fmt.name
+    for member in problem.fixed:
+        out.setdefault(member.layer, {"weight": None, "input": None})[member.role] = \
+            member.fixed_format
+    for entry in out.values():
+        first = entry["weight"] or entry["input"]
+        entry["bits"] = float(1 + int(first[1]) + int(first[3]))
+    return out
+
+
+def save_problem(problem: BudgetProblem, run_dir: str) -> str:
+    path = os.path.join(run_dir, UNITS_FILE)
+    with open(path, "w") as f:
+        json.dump(problem.to_json(), f, indent=1)
+    return path
+
+
+def retarget(
+        model_or_run_dir: Union[nn.Module, str],
+        target_bits: float,
+        weighting: str = "simple",
+        include_scale_bits: bool = False) -> Dict:
+    """Meets another budget from the same learned offsets, without retraining.
+
+    Given a model, assigns the new formats in place; given a run directory (one written by the
+    dMX trainer), reads its learned offsets. Returns ``{"format_map": ..., "avg_bits": ...}``.
+    """
+    if isinstance(model_or_run_dir, nn.Module):
+        result = project_model(model_or_run_dir, target_bits, weighting, include_scale_bits)
+        fmap = format_map(model_or_run_dir)
+    else:
+        path = os.path.join(model_or_run_dir, UNITS_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} not found: pass a model or a run directory written by the dMX trainer")
+        with open(path) as f:
+            problem = BudgetProblem.from_json(json.load(f))
+        result = project(problem, target_bits, weighting, include_scale_bits)
+        fmap = problem_format_map(problem, result.betas)
+    return {
+        "format_map": fmap,
+        "avg_bits": result.average,
+        "target_bits": target_bits,
+        "weighting": weighting,
+        "include_scale_bits": include_scale_bits}

@@ -1,0 +1,212 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""The solver on a tiny random Llama: schedule, penalties, training, projection, resume."""
+
+import os
+
+from conftest import quantize_tiny_llama
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import brevitas_dmx as bd
+from brevitas_dmx.quant import DMXFloatAct
+from brevitas_dmx.quant import DMXFloatStaircaseAct
+from brevitas_dmx.quant import DMXFloatStaircaseWeight
+from brevitas_dmx.quant import DMXFloatWeight
+from brevitas_dmx.solver import budget_problem
+from brevitas_dmx.solver import DMXTrainer
+from brevitas_dmx.solver import NonFiniteLossError
+from brevitas_dmx.solver import project
+from brevitas_dmx.solver import project_model
+from brevitas_dmx.solver import retarget
+from brevitas_dmx.solver import ScalingPenalty
+from brevitas_dmx.solver import TargetAwarePenalty
+from brevitas_dmx.solver import temperature_at
+from brevitas_dmx.solver import training_arguments
+from brevitas_dmx.solver.projection import save_problem
+
+
+def _token_data(n=48, length=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 96, (n, length), generator=g)]
+
+
+def _set_offsets(model, values):
+    with torch.no_grad():
+        for offset, value in zip(bd.dmx_offsets(model), values):
+            offset.raw_offset.fill_(float(value))
+
+
+def _spread_offsets(model, seed=1, high=2.0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(bd.dmx_offsets(model))
+    _set_offsets(model, (torch.rand(n, generator=g) * high).tolist())
+
+
+def test_temperature_schedule_hits_its_endpoints():
+    assert temperature_at(0, 100) == 0.4
+    assert temperature_at(59, 100) == 0.4
+    assert temperature_at(99, 100) == pytest.approx(20.0)
+    ramp = [temperature_at(s, 100) for s in range(60, 100)]
+    assert all(b > a for a, b in zip(ramp, ramp[1:]))
+
+
+def test_target_aware_penalty_is_zero_under_budget():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    penalty, bits = TargetAwarePenalty(6.0, lam=5.0)(model)
+    assert bits.item() < 6.0 and penalty.item() == 0.0
+
+
+def test_target_aware_penalty_grows_over_budget_and_pulls_bits_down():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    _set_offsets(model, [1.5] * 14)
+    penalty, bits = TargetAwarePenalty(5.0, lam=5.0)(model)
+    assert penalty.item() == pytest.approx(5.0 * (bits.item() - 5.0))
+    penalty.backward()
+    assert all(o.raw_offset.grad.item() > 0 for o in bd.dmx_offsets(model))
+
+
+def test_scaling_penalty_is_lambda_times_bits():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    penalty, bits = ScalingPenalty(lam=0.5, weighting="size")(model)
+    assert penalty.item() == pytest.approx(0.5 * bits.item())
+
+
+def _train(model, output_dir, steps, target=5.0, lam=5.0, lr=1.0, resume=None, data=None, **kw):
+    args = training_arguments(str(output_dir), steps=steps, batch_size=4, lr=lr, seed=0, **kw)
+    trainer = DMXTrainer(
+        model, args, TargetAwarePenalty(target, lam), train_dataset=data or _token_data())
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_short_run_moves_offsets_and_pulls_an_over_budget_model_down(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _set_offsets(model, [1.2] * 14)  # ~6.7 bits in training, 8 discrete; target 5
+    before = [o.raw_offset.item() for o in bd.dmx_offsets(model)]
+    model.train()
+    bits_before = bd.average_bits(model).item()
+    _train(model, tmp_path, steps=8, target=5.0, lam=5.0, lr=0.05)
+    after = [o.raw_offset.item() for o in bd.dmx_offsets(model)]
+    assert all(a < b for a, b in zip(after, before))
+    model.train()
+    bd.set_temperature(model, 0.4)
+    assert bd.average_bits(model).item() < bits_before
+    assert all(entry["weight"] in ("e2m1", "e4m3") for entry in bd.format_map(model).values())
+
+
+def test_weights_stay_frozen(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    weight = model.model.layers[0].mlp.down_proj.weight.detach().clone()
+    _train(model, tmp_path, steps=3)
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, weight)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith("raw_offset") for n in trainable)
+
+
+def test_checkpoints_hold_only_the_offsets(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _train(model, tmp_path, steps=4, save_steps=2)
+    checkpoint = tmp_path / "checkpoint-4"
+    state = torch.load(checkpoint / "dmx_offsets.pt")
+    assert len(state) == 14 and all(v.numel() == 1 for v in state.values())
+    assert not any(name.endswith((".safetensors", ".bin")) and "model" in name
+                   for name in os.listdir(checkpoint))
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
+    data = _token_data()
+    full = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _spread_offsets(full, high=1.6)
+    _train(full, tmp_path / "full", steps=6, lr=0.5, target=5.0, data=data)
+
+    interrupted = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _spread_offsets(interrupted, high=1.6)
+    # Stop after 3 of 6 steps (as a crash would), then resume in a fresh process state.
+    args_dir = tmp_path / "part"
+    args = training_arguments(str(args_dir), steps=6, batch_size=4, lr=0.5, seed=0, save_steps=3)
+    trainer = DMXTrainer(interrupted, args, TargetAwarePenalty(5.0, 5.0), train_dataset=data)
+
+    class StopAtThree(TrainerCallback):
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+
+    trainer.add_callback(StopAtThree())
+    trainer.train()
+    resumed = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _spread_offsets(resumed, seed=7)  # whatever it starts from, the checkpoint wins
+    _train(resumed, args_dir, steps=6, lr=0.5, target=5.0, data=data, save_steps=3,
+           resume=str(args_dir / "checkpoint-3"))
+    full_offsets = torch.stack([o.raw_offset.detach() for o in bd.dmx_offsets(full)])
+    resumed_offsets = torch.stack([o.raw_offset.detach() for o in bd.dmx_offsets(resumed)])
+    assert torch.allclose(full_offsets, resumed_offsets, atol=1e-6)
+    assert bd.format_map(full) == bd.format_map(resumed)
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="Last good checkpoint"):
+        _train(model, tmp_path, steps=2)
+
+
+@pytest.mark.parametrize("weighting", ["simple", "size", "memory"])
+@pytest.mark.parametrize("scales", [False, True])
+def test_projection_never_exceeds_the_target(weighting, scales):
+    model = quantize_tiny_llama(DMXFloatStaircaseWeight, DMXFloatStaircaseAct)
+    model(input_ids=torch.randint(0, 96, (1, 16)))
+    _spread_offsets(model, high=2.0)
+    low = 4.25 if scales else 4.0
+    for target in [low + 0.01 * i for i in range(0, 401, 7)]:
+        result = project_model(model, target, weighting, include_scale_bits=scales)
+        report = bd.bits_report(model)[weighting + ("_with_scales" if scales else "")]
+        assert report == pytest.approx(result.average, abs=1e-9)
+        assert report <= target + 1e-9
+        assert target - report < 4.0 / 7  # it uses the budget: within one layer's step
+
+
+def test_projection_prefers_layers_training_pushed_up():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    values = [0.0] * 14
+    values[6] = 1.9  # model.layers.0.mlp.down_proj
+    values[2] = 1.2  # model.layers.0.self_attn.v_proj
+    _set_offsets(model, values)
+    project_model(model, 4.0 + 4.0 / 14 + 1e-9)  # room for exactly one layer at MXFP8
+    fmap = bd.format_map(model)
+    assert fmap["model.layers.0.mlp.down_proj"]["weight"] == "e4m3"
+    assert sum(e["weight"] == "e4m3" for e in fmap.values()) == 1
+
+
+def test_impossible_target_is_refused_with_the_reachable_minimum():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    with pytest.raises(ValueError, match="below what this model can reach"):
+        project_model(model, 3.5)
+
+
+def test_retarget_from_a_run_directory_needs_no_model(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _spread_offsets(model)
+    save_problem(budget_problem(model), str(tmp_path))
+    for target in (4.5, 6.0, 7.5):
+        from_dir = retarget(str(tmp_path), target)
+        from_model = retarget(model, target)
+        assert from_dir["format_map"] == from_model["format_map"]
+        assert from_dir["avg_bits"] == pytest.approx(from_model["avg_bits"])
+        assert from_dir["avg_bits"] <= target
+
+
+def test_tied_layers_share_one_format():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    groups = bd.tie_groups(model, "qkv-gateup")
+    assert len(groups) == 4 and ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"] in groups
+    bd.tie_offsets(model, groups)
+    assert len(bd.dmx_offsets(model)) == 14 - 4 - 2
+    _spread_offsets(model)
+    project_model(model, 6.0)
+    fmap = bd.format_map(model)
+    for group in groups:
+        assert len({fmap[name]["weight"] for name in group}) == 1
