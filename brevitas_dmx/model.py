@@ -28,6 +28,7 @@ __all__ = [
     "bits_report",
     "format_map",
     "apply_format_map",
+    "clear_format_pins",
     "finalize",
     "mx_quantizers",
     "tie_offsets",
@@ -268,6 +269,15 @@ def apply_format_map(model: nn.Module, mapping: Mapping[str, object]) -> None:
         raise ValueError("Cannot apply the format map: " + "; ".join(errors))
     for quant, name in plan:
         quant.dmx.pin(element_format(name))
+
+
+def clear_format_pins(model: nn.Module) -> None:
+    """Unpins every learnable quantizer and clears budget-projection assignments."""
+    for _, quants in _mx_layers(model, include_fixed=False):
+        for quant in quants:
+            quant.dmx.unpin()
+    for offset in dmx_offsets(model):
+        offset.assign(None)
 
 
 def _fixed_injector(quant: _Quantizer):

@@ -77,3 +77,36 @@ def ignore_missing_keys():
     config.IGNORE_MISSING_KEYS = True
     yield
     config.IGNORE_MISSING_KEYS = previous
+
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers "
+         "mountains numbers and the long history of quantized floating point formats").split()
+
+
+def local_text(n_lines: int = 400, seed: int = 0) -> str:
+    """Made-up English-like text, different every line."""
+    import random
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 24))) + "."
+                     for _ in range(n_lines)) + "\n"
+
+
+def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0) -> str:
+    """A tiny random Llama and a BPE tokenizer trained here, saved as a model folder."""
+    from tokenizers import models
+    from tokenizers import pre_tokenizers
+    from tokenizers import Tokenizer
+    from tokenizers import trainers
+    from transformers import LlamaForCausalLM
+    from transformers import PreTrainedTokenizerFast
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tokenizer.train_from_iterator(local_text(200, seed=seed).splitlines(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(fast)))
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
