@@ -101,9 +101,12 @@ def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
 
-def validate(parser, args) -> None:
-    """Every check that needs no model or data: runs before anything heavy is loaded."""
-    defaults = {a.dest: a.default for a in parser._actions}
+def validate(parser, args, defaults: Optional[Dict] = None) -> None:
+    """Every check that needs no model or data: runs before anything heavy is loaded.
+
+    ``defaults`` are the parser's defaults before a YAML ``--config`` changed them, so flags set
+    in a config count as set."""
+    defaults = defaults or {a.dest: a.default for a in parser._actions}
     dmx_set = [d for d in _dmx_dests(parser) if d != "dmx" and getattr(args, d) != defaults[d]]
     if not args.dmx:
         if dmx_set:
@@ -115,7 +118,7 @@ def validate(parser, args) -> None:
     foreign = [
         a.dest for a in parser._actions if a.dest not in HONOURED_BREVITAS_FLAGS and
         not a.dest.startswith("dmx") and a.dest != "help" and
-        getattr(args, a.dest, a.default) != a.default]
+        getattr(args, a.dest, a.default) != defaults[a.dest]]
     if foreign:
         raise UsageError(
             f"{', '.join(map(_flag, foreign))} cannot be combined with --dmx in this version: "
@@ -345,10 +348,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from brevitas_examples.common.parse_utils import parse_args
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    defaults = {a.dest: a.default for a in parser._actions}
     try:
         overrides = override_defaults(argv)
         args, extra_args = parse_args(parser, argv, override_defaults=overrides)
-        validate(parser, args)
+        validate(parser, args, defaults)
         if not args.dmx:
             from brevitas_examples.llm.main import quantize_llm
             quantize_llm(args, extra_args)

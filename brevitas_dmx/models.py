@@ -40,18 +40,46 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _cache_root() -> str:
+    return os.environ.get(
+        "BREVITAS_DMX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "brevitas_dmx"))
+
+
+def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
+    """Converts a GGUF checkpoint once to a plain safetensors folder and returns the folder.
+
+    Transformers dequantizes GGUF weights on load but keeps the model marked as quantized, which
+    its Trainer refuses to train; the plain copy is an ordinary model (and loads in a second).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers import AutoTokenizer
+    name = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.join(_cache_root(), f"{name}-{str(torch_dtype).replace('torch.', '')}")
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    print(f"[dMX] converting {path} to a plain checkpoint in {folder} (once)")
+    directory, filename = os.path.dirname(path), os.path.basename(path)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, dtype=torch_dtype)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    plain.load_state_dict(gguf_model.state_dict())
+    os.makedirs(folder, exist_ok=True)
+    plain.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(folder)
+    return folder
+
+
 def load_model(name: str, dtype: str = "float32"):
     """A causal LM in eval mode. GGUF weights are dequantized to ``dtype``."""
     from transformers import AutoModelForCausalLM
     path = resolve_model_path(name)
     torch_dtype = torch.float32 if dtype in ("auto", None) else getattr(torch, dtype)
     if path.endswith(".gguf"):
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch_dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    if getattr(model.config, "quantization_config", None) is not None:
-        model.config.quantization_config = None  # GGUF weights are plain tensors once loaded
+        path = _gguf_as_plain_folder(path, torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.config.use_cache = False
     return model.eval()
 

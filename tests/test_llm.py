@@ -1,0 +1,145 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""The brevitas_dmx_llm entrypoint on a tiny local Llama and locally made text."""
+
+import json
+import os
+
+from conftest import local_text
+from conftest import save_tiny_llama_folder
+import pytest
+
+from brevitas_dmx import llm
+from brevitas_dmx import models
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(local_text(600))
+    return str(path)
+
+
+def _argv(model, data, out, *extra):
+    return [
+        "--model", model, "--dataset", data, "--seqlen", "32", "--nsamples", "16", "--dmx",
+        "--dmx-target-bits", "6", "--dmx-steps", "6", "--dmx-batch-size", "4",
+        "--dmx-eval-windows", "6", "--dmx-output", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_folder, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert llm.main(_argv(tiny_folder, text_file, out)) == 0
+    return out
+
+
+def test_run_writes_format_map_metrics_plot_and_offsets(finished_run):
+    names = set(os.listdir(finished_run))
+    assert {"format_map.json", "metrics.json", "bits_per_layer.png", "dmx_offsets.pt",
+            "budget_units.json", "checkpoints"} <= names
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for key in ("float_ppl", "quant_ppl", "target_bits", "avg_bits", "avg_bits_with_scales",
+                "format_counts", "train_time_s", "peak_mem_bytes"):
+        assert key in metrics
+    assert metrics["avg_bits"] <= 6.0
+    assert metrics["avg_bits_with_scales"] == pytest.approx(metrics["avg_bits"] + 0.25)
+    fmap = json.loads((finished_run / "format_map.json").read_text())
+    assert len(fmap) == 14 and sum(metrics["format_counts"].values()) == 14
+    assert {e["weight"] for e in fmap.values()} <= {"e2m1", "e4m3"}
+
+
+def test_resume_of_a_finished_run_keeps_its_result(finished_run, tiny_folder, text_file, tmp_path):
+    before = json.loads((finished_run / "format_map.json").read_text())
+    argv = _argv(tiny_folder, text_file, tmp_path / "unused", "--dmx-resume", str(finished_run))
+    assert llm.main(argv) == 0
+    assert json.loads((finished_run / "format_map.json").read_text()) == before
+
+
+def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
+    argv = _argv(tiny_folder, text_file, tmp_path, "--dmx-average", "memory",
+                 "--dmx-budget-with-scales", "--dmx-skip-baselines")
+    argv[argv.index("--dmx-target-bits") + 1] = "5.5"
+    assert llm.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["avg_bits_with_scales"] <= 5.5
+    assert metrics["budget_binds"] == "memory with scales"
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Bad input must fail before any model weights are loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--dmx-target-bits": "3"}, "--dmx-target-bits 3 is outside .* 4 to 8 bits"),
+        ({"--dmx-target-bits": "9"}, "--dmx-target-bits 9 is outside .* 4 to 8 bits"),
+        ({"--dmx-ladder": "mxfp6-mxfp4", "--dmx-target-bits": "7"}, "4 to 6 bits"),
+        ({"--dataset": "/nonexistent/text.txt"}, "file not found"),
+        ({"--dataset": "/tmp/data.csv"}, "local .txt / .jsonl"),
+        ({"--model": "/nonexistent/model"}, "no such file or folder"),
+        ({"--nsamples": "5000"}, "fewer than --nsamples 5000"),
+        ({"--dmx-temp-delay": "1.5"}, "--dmx-temp-delay"),
+        ({"--dmx-steps": "0"}, "--dmx-steps must be positive"),],
+)
+def test_bad_input_fails_fast_with_a_message(
+        change, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = _argv(tiny_folder, text_file, tmp_path)
+    for flag, value in change.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert llm.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("brevitas_dmx_llm: error:")
+    import re
+    assert re.search(message, err), err
+
+
+def test_dmx_flags_without_dmx_are_refused(tiny_folder, capsys, no_model_loading):
+    code = llm.main(["--model", tiny_folder, "--dmx-target-bits", "6", "--dmx-steps", "10"])
+    assert code == 2
+    assert "--dmx-target-bits, --dmx-steps need --dmx" in capsys.readouterr().err
+
+
+def test_target_is_required(tiny_folder, text_file, capsys, no_model_loading):
+    argv = ["--model", tiny_folder, "--dataset", text_file, "--dmx"]
+    assert llm.main(argv) == 2
+    assert "--dmx needs --dmx-target-bits, between 4 and 8" in capsys.readouterr().err
+
+
+def test_brevitas_flags_that_do_not_compose_yet_are_refused_up_front(
+        tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = _argv(tiny_folder, text_file, tmp_path, "--rotation", "fused_no_fx", "--gptq")
+    assert llm.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--gptq" in err and "--rotation" in err and "cannot be combined with --dmx" in err
+
+
+def test_unknown_ladder_is_an_argparse_error(tiny_folder, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        llm.main(["--model", tiny_folder, "--dmx", "--dmx-ladder", "mxfp16"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'mxfp16'" in capsys.readouterr().err
+
+
+def test_yaml_config_sets_defaults(tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    config = tmp_path / "dmx.yml"
+    config.write_text("dmx: true\ndmx_target_bits: 12\n")
+    argv = ["--config", str(config), "--model", tiny_folder, "--dataset", text_file]
+    assert llm.main(argv) == 2
+    assert "--dmx-target-bits 12 is outside" in capsys.readouterr().err
