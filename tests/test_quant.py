@@ -195,3 +195,27 @@ def test_fx_quantize_flow_on_a_hugging_face_module():
         nn.functional.linear(q(x), q(up.weight))
     expected = nn.functional.linear(q(hidden), q(down.weight))
     assert torch.equal(quant_model(x), expected)
+
+
+def test_eval_reuses_the_quantized_weight_until_weight_or_format_changes():
+    layer = _linear().eval()
+    quant = _quants(layer)[0]
+    with torch.no_grad():
+        first = quant(layer.weight)[0]
+        assert quant(layer.weight)[0] is first
+        layer.weight.mul_(2.0)  # in place: the version counter changes
+        second = quant(layer.weight)[0]
+        assert second is not first and torch.equal(second, 2 * first)
+        bd.apply_format_map(layer, {"": "e4m3"})
+        assert not torch.equal(quant(layer.weight)[0], second)
+
+
+def test_training_mode_never_uses_the_eval_cache():
+    layer = _linear().eval()
+    quant = _quants(layer)[0]
+    with torch.no_grad():
+        quant(layer.weight)
+    layer.train()
+    out = quant(layer.weight)[0]
+    assert quant._eval_cache is None
+    assert out.grad_fn is not None  # the offset's gradient path is there

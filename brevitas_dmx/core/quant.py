@@ -56,6 +56,10 @@ class DMXFloatQuant(nn.Module):
         self.register_buffer("pinned_widths", torch.full((2,), math.nan, device=device))
         # Shape of the last tensor quantized, for size-weighted averages of activations.
         self.last_input_shape: Optional[Tuple[int, ...]] = None
+        # Weight quantizers (set by their proxy) reuse their output in eval mode while neither
+        # the weight nor the format changes: evaluation then costs what a float model costs.
+        self.caches_eval_output = False
+        self._eval_cache = None
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, group_dim={self.group_dim}, scale_rule={self.scale_rule}"
@@ -93,9 +97,22 @@ class DMXFloatQuant(nn.Module):
             e, m = self.offset.ladder.widths(float(self.offset.discrete()))
         return format_from_bits(int(e), int(m))
 
+    def _cache_key(self, x: Tensor, e: Tensor, m: Tensor):
+        return (x.data_ptr(), x._version, x.shape, x.dtype, x.device, float(e), float(m))
+
     def forward(self, x: Tensor):
         self.last_input_shape = tuple(x.shape)
         e, m = self.widths()
+        use_cache = self.caches_eval_output and not self.training and not torch.is_grad_enabled()
+        if not use_cache:
+            self._eval_cache = None
+            return self._quantize(x, e, m)
+        key = self._cache_key(x, e, m)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self._quantize(x, e, m))
+        return self._eval_cache[1]
+
+    def _quantize(self, x: Tensor, e: Tensor, m: Tensor):
         blocks = self.input_view_impl(x)
         block_axis = self.group_dim + 1 if self.group_dim >= 0 else blocks.dim() - 1
         blocks = blocks.movedim(block_axis, -1)

@@ -44,6 +44,11 @@ def find_shared_offset(layer: nn.Module, proxy: nn.Module, ladder: str) -> Optio
 class DMXWeightQuantProxyFromInjector(GroupwiseWeightFloatQuantProxyFromInjector):
     """Weight proxy of the dMX quantizers."""
 
+    def init_tensor_quant(self, preserve_state_dict=False):
+        super().init_tensor_quant(preserve_state_dict)
+        if self.tensor_quant is not None:
+            self.tensor_quant.caches_eval_output = True
+
 
 class DMXActQuantProxyFromInjector(GroupwiseActFloatQuantProxyFromInjector):
     """Activation proxy of the dMX quantizers (dynamic per-block scales)."""
