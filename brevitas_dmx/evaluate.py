@@ -3,6 +3,7 @@
 """Perplexity on evaluation windows, and the per-layer report (table and plot)."""
 
 import math
+import re
 from typing import Dict, Optional
 
 import torch
@@ -35,27 +36,63 @@ def format_table(fmap: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
+PALETTE = {"e2m1": "#4c72b0", "e2m3": "#55a868", "e3m2": "#8172b2", "e4m3": "#c44e52",
+           "e5m2": "#dd8452"}
+_BLOCK_LAYER = re.compile(r"^(.*)\.(\d+)\.(?:[^.]+\.)?([^.]+)$")
+
+
+def _grid(fmap: Dict[str, Dict]):
+    """(block indices, projection names, {(block, projection): format}) for decoder-style names
+    like ``model.layers.3.mlp.down_proj``; None if the names do not follow that pattern."""
+    cells, columns = {}, []
+    for name, entry in fmap.items():
+        match = _BLOCK_LAYER.match(name)
+        if match is None:
+            return None
+        block, column = int(match.group(2)), match.group(3)
+        if column not in columns:
+            columns.append(column)
+        cells[(block, column)] = entry["weight"] or entry["input"]
+    blocks = sorted({b for b, _ in cells})
+    return blocks, columns, cells
+
+
 def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> str:
-    """A bar per layer of its weight bit width, coloured by format, saved as PNG."""
+    """The per-layer formats as a PNG: a grid (decoder block x projection) for LLMs, a bar per
+    layer otherwise."""
     import matplotlib
     matplotlib.use("Agg")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
     import matplotlib.pyplot as plt
-    names = list(fmap)
-    bits = [fmap[n]["bits"] for n in names]
-    formats = [fmap[n]["weight"] or fmap[n]["input"] for n in names]
-    palette = {"e2m1": "#4c72b0", "e2m3": "#55a868", "e3m2": "#8172b2", "e4m3": "#c44e52",
-               "e5m2": "#dd8452"}
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 3.6))
-    ax.bar(range(len(names)), bits, color=[palette.get(f, "grey") for f in formats])
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.replace("model.layers.", "L").replace("self_attn.", "").replace("mlp.", "")
-                        for n in names], rotation=90, fontsize=6)
-    ax.set_ylabel("bits per element")
-    ax.set_ylim(0, 9)
-    for fmt, colour in palette.items():
-        if fmt in formats:
-            ax.bar([], [], color=colour, label=fmt.upper())
-    ax.legend(loc="upper right", fontsize=7, ncol=len(set(formats)))
+    import numpy as np
+    used = [f for f in PALETTE if any((e["weight"] or e["input"]) == f for e in fmap.values())]
+    legend = [Patch(color=PALETTE[f], label=f"{f.upper()} ({1 + int(f[1]) + int(f[3])} bits)")
+              for f in used]
+    grid = _grid(fmap)
+    if grid is not None:
+        blocks, columns, cells = grid
+        index = {f: i for i, f in enumerate(used)}
+        image = np.full((len(columns), len(blocks)), np.nan)
+        for (block, column), fmt in cells.items():
+            image[columns.index(column), blocks.index(block)] = index[fmt]
+        fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(blocks) + 2.5), 0.4 * len(columns) + 1.6))
+        ax.imshow(image, cmap=ListedColormap([PALETTE[f] for f in used]), aspect="auto",
+                  vmin=-0.5, vmax=len(used) - 0.5, interpolation="nearest")
+        ax.set_yticks(range(len(columns)))
+        ax.set_yticklabels(columns, fontsize=8)
+        ax.set_xticks(range(len(blocks)))
+        ax.set_xticklabels(blocks, fontsize=7)
+        ax.set_xlabel("decoder block")
+    else:
+        names = list(fmap)
+        fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 3.6))
+        ax.bar(range(len(names)), [fmap[n]["bits"] for n in names],
+               color=[PALETTE.get(fmap[n]["weight"] or fmap[n]["input"], "grey") for n in names])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_ylabel("bits per element")
+    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -143,3 +143,15 @@ def test_yaml_config_sets_defaults(tiny_folder, text_file, tmp_path, capsys, no_
     argv = ["--config", str(config), "--model", tiny_folder, "--dataset", text_file]
     assert llm.main(argv) == 2
     assert "--dmx-target-bits 12 is outside" in capsys.readouterr().err
+
+
+def test_plot_draws_a_block_by_projection_grid_for_llm_names(finished_run, tmp_path):
+    from brevitas_dmx.evaluate import _grid
+    from brevitas_dmx.evaluate import plot_bits
+    fmap = json.loads((finished_run / "format_map.json").read_text())
+    blocks, columns, _ = _grid(fmap)
+    assert blocks == [0, 1] and columns[0] == "q_proj" and columns[-1] == "down_proj"
+    assert os.path.getsize(plot_bits(fmap, str(tmp_path / "grid.png"))) > 1000
+    other = {"fc1": {"weight": "e2m1", "input": None, "bits": 4.0}}
+    assert _grid(other) is None
+    assert os.path.getsize(plot_bits(other, str(tmp_path / "bars.png"))) > 1000
