@@ -121,9 +121,11 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
         getattr(args, a.dest, a.default) != defaults[a.dest]]
     if foreign:
         raise UsageError(
-            f"{', '.join(map(_flag, foreign))} cannot be combined with --dmx in this version: "
-            f"dMX quantizes every Linear layer's weights and inputs to MX itself. Drop them, or "
-            f"run brevitas_ptq_llm without --dmx.")
+            f"{', '.join(map(_flag, foreign))} cannot be combined with --dmx in this command's "
+            f"own pipeline. Drop them, or run dMX through stock brevitas_ptq_llm, which composes "
+            f"with rotations, GPTQ and evaluation: --custom-quantizer "
+            f"examples/brevitas_dmx_plugin.py:dmx --fine-tune --custom-trainer "
+            f"examples/brevitas_dmx_plugin.py:dmx --dmx_target_bits BITS (see the README).")
     ladder = LADDERS[args.dmx_ladder]
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale

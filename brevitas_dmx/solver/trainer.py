@@ -49,7 +49,43 @@ def load_offsets(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-class DMXTrainer(Trainer):
+class DMXLossMixin:
+    """Task loss + bit penalty (``self.regularizer``) for an HF ``Trainer``, with the task
+    loss, penalty and average bits averaged into each log, and a clear stop on a loss that is
+    not finite."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        penalty, bits = self.regularizer(model)
+        loss = task_loss + penalty.to(task_loss.device)
+        if not torch.isfinite(loss.detach()):
+            checkpoint = self._last_checkpoint()
+            raise NonFiniteLossError(
+                f"The training loss became {loss.item()} at step {self.state.global_step} "
+                f"(task loss {task_loss.item()}, penalty {penalty.item()}). Lower --dmx-lr or "
+                f"--dmx-lambda. Last good checkpoint: {checkpoint or 'none yet'}.")
+        sums = self.__dict__.setdefault("_dmx_sums", {})
+        for key, value in (("task_loss", task_loss), ("penalty", penalty), ("avg_bits", bits)):
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        self._dmx_count = getattr(self, "_dmx_count", 0) + 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        count = getattr(self, "_dmx_count", 0)
+        if count:
+            logs.update({k: v / count for k, v in self._dmx_sums.items()})
+            self._dmx_sums, self._dmx_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+    def _last_checkpoint(self) -> Optional[str]:
+        from transformers.trainer_utils import get_last_checkpoint
+        if not os.path.isdir(self.args.output_dir):
+            return None
+        return get_last_checkpoint(self.args.output_dir)
+
+
+class DMXTrainer(DMXLossMixin, Trainer):
     """Trains only the dMX offsets of ``model`` with the task loss plus ``regularizer``.
 
     The optimizer defaults to the paper's SGD (momentum 0.99, Nesterov, no weight decay) at
@@ -86,8 +122,6 @@ class DMXTrainer(Trainer):
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
         self.momentum = momentum
-        self._dmx_sums: Dict[str, float] = {}
-        self._dmx_count = 0
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -101,34 +135,6 @@ class DMXTrainer(Trainer):
             else:
                 self.optimizer = torch.optim.AdamW(params, lr=lr)
         return self.optimizer
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
-        penalty, bits = self.regularizer(model)
-        loss = task_loss + penalty.to(task_loss.device)
-        if not torch.isfinite(loss.detach()):
-            checkpoint = self._last_checkpoint()
-            raise NonFiniteLossError(
-                f"The training loss became {loss.item()} at step {self.state.global_step} "
-                f"(task loss {task_loss.item()}, penalty {penalty.item()}). Lower --dmx-lr or "
-                f"--dmx-lambda. Last good checkpoint: {checkpoint or 'none yet'}.")
-        for key, value in (("task_loss", task_loss), ("penalty", penalty), ("avg_bits", bits)):
-            self._dmx_sums[key] = self._dmx_sums.get(key, 0.0) + float(value.detach())
-        self._dmx_count += 1
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs, *args, **kwargs):
-        if self._dmx_count:
-            logs.update({k: v / self._dmx_count for k, v in self._dmx_sums.items()})
-            self._dmx_sums, self._dmx_count = {}, 0
-        super().log(logs, *args, **kwargs)
-
-    def _last_checkpoint(self) -> Optional[str]:
-        from transformers.trainer_utils import get_last_checkpoint
-        if not os.path.isdir(self.args.output_dir):
-            return None
-        return get_last_checkpoint(self.args.output_dir)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         # Only the offsets: the frozen weights are the user's float checkpoint.

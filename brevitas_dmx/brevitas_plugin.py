@@ -1,0 +1,121 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""dMX through stock ``brevitas_ptq_llm``: entries for Brevitas's quantizer and trainer registries.
+
+Importing this module registers, in ``QUANTIZERS_REGISTRY``, ``dmx`` (MXFP8/MXFP4 ladder),
+``dmx6`` (MXFP6/MXFP4) and ``dmx-staircase`` (MXFP4/MXFP6/MXFP8), which put the learnable
+quantizers on every Linear layer's weight and input; and, in ``TRAINER_REGISTRY``, ``dmx``: a
+``GeneralizedTrainer`` that trains only the offsets under the bit budget and, when training
+ends, projects the formats exactly onto the budget and finalizes the model to fixed Brevitas MX
+quantizers, so whatever ``brevitas_ptq_llm`` does next (evaluation, export) sees a plain
+Brevitas model. ``examples/brevitas_dmx_plugin.py`` imports it, for ``--custom-quantizer`` and
+``--custom-trainer``::
+
+    brevitas_ptq_llm --model M --custom-quantizer examples/brevitas_dmx_plugin.py:dmx \\
+        --fine-tune --custom-trainer examples/brevitas_dmx_plugin.py:dmx \\
+        --dmx_target_bits 6 --max_steps 400 --per_device_train_batch_size 8 --eval
+
+The registered classes live in this installed module, so the plugin file importing it twice
+does not duplicate them.
+"""
+
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any, Dict, List, Optional
+
+from brevitas_examples.common.generative.quantizers import BaseQuantizer
+from brevitas_examples.common.generative.quantizers import QUANTIZERS_REGISTRY
+from brevitas_examples.llm.llm_quant.trainer_utils import GeneralizedTrainer
+from brevitas_examples.llm.llm_quant.trainer_utils import TRAINER_REGISTRY
+from brevitas_examples.llm.llm_quant.trainer_utils import \
+    TrainingArguments as BrevitasTrainingArguments
+
+import brevitas_dmx as dmx
+from brevitas_dmx.evaluate import format_table
+from brevitas_dmx.quant import DMXFloat6Act
+from brevitas_dmx.quant import DMXFloat6Weight
+from brevitas_dmx.quant import DMXFloatAct
+from brevitas_dmx.quant import DMXFloatStaircaseAct
+from brevitas_dmx.quant import DMXFloatStaircaseWeight
+from brevitas_dmx.quant import DMXFloatWeight
+from brevitas_dmx.solver.callbacks import DMXLoggingCallback
+from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
+from brevitas_dmx.solver.projection import project_model
+from brevitas_dmx.solver.regularizers import TargetAwarePenalty
+from brevitas_dmx.solver.trainer import DMXLossMixin
+
+
+@QUANTIZERS_REGISTRY.register("dmx")
+class DMXQuantizer(BaseQuantizer):
+    weight_quant = DMXFloatWeight
+    linear_input_quant = DMXFloatAct
+
+
+@QUANTIZERS_REGISTRY.register("dmx6")
+class DMX6Quantizer(BaseQuantizer):
+    weight_quant = DMXFloat6Weight
+    linear_input_quant = DMXFloat6Act
+
+
+@QUANTIZERS_REGISTRY.register("dmx-staircase")
+class DMXStaircaseQuantizer(BaseQuantizer):
+    weight_quant = DMXFloatStaircaseWeight
+    linear_input_quant = DMXFloatStaircaseAct
+
+
+def dmx_offset_parameters(model, training_args) -> List:
+    """The parameter group Brevitas's optimizer builder trains: the dMX offsets."""
+    return [offset.raw_offset for offset in dmx.dmx_offsets(model)]
+
+
+def _paper_optimizer() -> List[Dict[str, Any]]:
+    return [{
+        "optimizer_cls": "SGD",
+        "param_setup": [{
+            "get_param_fn": dmx_offset_parameters,
+            "optimizer_kwargs": {"lr": 1.0, "momentum": 0.99, "nesterov": True}}]}]
+
+
+@dataclass
+class DMXTrainingArguments(BrevitasTrainingArguments):
+    dmx_target_bits: float = field(default=6.0, metadata={"help": "Bit budget."})
+    dmx_lambda: float = field(default=5.0, metadata={"help": "Penalty weight."})
+    dmx_average: str = field(default="simple", metadata={"help": "simple, size or memory."})
+    dmx_budget_with_scales: bool = field(default=False)
+    dmx_temp_start: float = field(default=0.4)
+    dmx_temp_end: float = field(default=20.0)
+    dmx_temp_delay: float = field(default=0.6)
+    optimizer_scheduler_args: Optional[List[Dict[str, Any]]] = field(
+        default_factory=_paper_optimizer)
+    lr_scheduler_type: str = field(default="constant")
+
+
+@TRAINER_REGISTRY.register("dmx")
+class BrevitasDMXTrainer(DMXLossMixin, GeneralizedTrainer):
+    """Brevitas's trainer with the dMX loss, annealing, projection and finalization."""
+    training_args_cls = DMXTrainingArguments
+
+    def __init__(self, args: DMXTrainingArguments = None, **kwargs):
+        self.schedule = TemperatureScheduleCallback(
+            args.dmx_temp_start, args.dmx_temp_end, args.dmx_temp_delay)
+        callbacks = [self.schedule, DMXLoggingCallback(self.schedule)]
+        callbacks += list(kwargs.pop("callbacks", None) or [])
+        super().__init__(args=args, callbacks=callbacks, **kwargs)
+        self.regularizer = TargetAwarePenalty(
+            args.dmx_target_bits,
+            args.dmx_lambda,
+            weighting=args.dmx_average,
+            include_scale_bits=args.dmx_budget_with_scales)
+
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        projection = project_model(
+            self.model,
+            self.args.dmx_target_bits,
+            self.args.dmx_average,
+            self.args.dmx_budget_with_scales)
+        dmx.finalize(self.model)
+        print(format_table(dmx.format_map(self.model)))
+        print(f"[dMX] {self.args.dmx_average} average {projection.average:.4f} bits "
+              f"(target {self.args.dmx_target_bits:g})")
+        return result
