@@ -68,12 +68,14 @@ def dmx_offset_parameters(model, training_args) -> List:
     return [offset.raw_offset for offset in dmx.dmx_offsets(model)]
 
 
-def _paper_optimizer() -> List[Dict[str, Any]]:
-    return [{
-        "optimizer_cls": "SGD",
-        "param_setup": [{
-            "get_param_fn": dmx_offset_parameters,
-            "optimizer_kwargs": {"lr": 1.0, "momentum": 0.99, "nesterov": True}}]}]
+def _rotation_parameters(model, training_args) -> List:
+    from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
+    return extract_trainable_rotation_matrices(model)
+
+
+# An explicit scheduler per optimizer: Brevitas fills missing ones only in some code paths, and
+# with two optimizers (offsets and rotations) transformers 5 would otherwise find none.
+_CONSTANT_LR = {"scheduler_cls": "ConstantLR", "scheduler_kwargs": {"factor": 1.0, "total_iters": 0}}
 
 
 @dataclass
@@ -85,9 +87,33 @@ class DMXTrainingArguments(BrevitasTrainingArguments):
     dmx_temp_start: float = field(default=0.4)
     dmx_temp_end: float = field(default=20.0)
     dmx_temp_delay: float = field(default=0.6)
-    optimizer_scheduler_args: Optional[List[Dict[str, Any]]] = field(
-        default_factory=_paper_optimizer)
+    dmx_lr: float = field(default=1.0, metadata={"help": "Offset learning rate (SGD)."})
+    dmx_learn_rotations: bool = field(
+        default=False,
+        metadata={"help": "Train the rotations of --rotation ... --fine-tune jointly (CaileySGD)."})
+    dmx_rotation_lr: float = field(default=1.5, metadata={"help": "Rotation learning rate."})
     lr_scheduler_type: str = field(default="constant")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.optimizer_scheduler_args is None:
+            # The paper's optimizer on the offsets; SpinQuant's on the rotations if asked.
+            self.optimizer_scheduler_args = [{
+                "optimizer_cls": "SGD",
+                "param_setup": [{
+                    "get_param_fn": dmx_offset_parameters,
+                    "optimizer_kwargs": {"lr": self.dmx_lr, "momentum": 0.99, "nesterov": True}}],
+                **_CONSTANT_LR}]
+            if self.dmx_learn_rotations:
+                self.optimizer_scheduler_args.append({
+                    "optimizer_cls": "CaileySGD",
+                    "param_setup": [{
+                        "get_param_fn": _rotation_parameters,
+                        "optimizer_kwargs": {
+                            "lr": self.dmx_rotation_lr,
+                            "stiefel": True,
+                            "dtype": self.optimizer_dtype}}],
+                    **_CONSTANT_LR})
 
 
 @TRAINER_REGISTRY.register("dmx")

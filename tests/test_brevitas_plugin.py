@@ -74,3 +74,37 @@ def test_stock_path_composes_with_rotation_gptq_and_evaluation(tmp_path, local_w
     assert torch.isfinite(torch.tensor(results["quant_ppl"]))
     assert dmx.dmx_layers(model) == [] and len(dmx.format_map(model)) == 14
     assert dmx.bits_report(model)["simple"] <= 5.0
+
+
+def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, monkeypatch):
+    from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
+    from brevitas_examples.common.parse_utils import parse_args
+    from brevitas_examples.llm.llm_args import create_args_parser
+    from brevitas_examples.llm.main import quantize_llm
+    import brevitas_dmx.brevitas_plugin as plugin
+    seen = {}
+    original = plugin.BrevitasDMXTrainer.train
+
+    def train_and_watch(self, *a, **k):
+        rotations = extract_trainable_rotation_matrices(self.model)
+        before = [r.detach().clone() for r in rotations]
+        offsets = dmx.dmx_offsets(self.model)
+        offsets_before = [o.raw_offset.item() for o in offsets]
+        out = original(self, *a, **k)
+        seen["rotations_moved"] = any(not torch.equal(b, r) for b, r in zip(before, rotations))
+        seen["offsets_moved"] = any(
+            o.raw_offset.item() != b for o, b in zip(offsets, offsets_before))
+        seen["groups"] = len(getattr(self.optimizer, "optimizer", self.optimizer).optimizers)
+        return out
+
+    monkeypatch.setattr(plugin.BrevitasDMXTrainer, "train", train_and_watch)
+    folder = save_tiny_llama_folder(tmp_path / "tiny")
+    argv = [
+        "--model", folder, "--dataset", "wikitext2", "--seqlen", "32", "--nsamples", "8",
+        "--dtype", "float32", "--rotation", "fused_no_fx", "--replace-rmsnorm",
+        "--custom-quantizer", f"{PLUGIN}:dmx", "--fine-tune", "--custom-trainer", f"{PLUGIN}:dmx",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--dmx_target_bits", "6",
+        "--dmx_learn_rotations", "true", "--output_dir", str(tmp_path / "train")]
+    args, extra_args = parse_args(create_args_parser(), argv)
+    quantize_llm(args, extra_args)
+    assert seen == {"rotations_moved": True, "offsets_moved": True, "groups": 2}
