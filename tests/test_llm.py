@@ -155,3 +155,11 @@ def test_plot_draws_a_block_by_projection_grid_for_llm_names(finished_run, tmp_p
     other = {"fc1": {"weight": "e2m1", "input": None, "bits": 4.0}}
     assert _grid(other) is None
     assert os.path.getsize(plot_bits(other, str(tmp_path / "bars.png"))) > 1000
+
+
+def test_bfloat16_run(tiny_folder, text_file, tmp_path):
+    argv = _argv(tiny_folder, text_file, tmp_path, "--dtype", "bfloat16", "--dmx-skip-baselines")
+    assert llm.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["avg_bits"] <= 6.0
+    assert 1.0 < metrics["quant_ppl"] < 1e4  # finite and a perplexity
