@@ -15,11 +15,10 @@ import json
 import statistics
 import time
 
-import torch
-
 import brevitas.nn as qnn
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Act
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
+import torch
 
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.quant import DMXFloatAct
@@ -96,8 +95,13 @@ def bench_layer(kind, in_features, out_features, tokens, device, iters):
     seconds = _time(step, device, iters)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     _, saved = _saved_bytes(lambda: layer(x))
-    result = {"kind": kind, "shape": f"{in_features}x{out_features}", "step_s": seconds,
-              "saved_bytes": saved, "cuda_peak_bytes": peak}
+    result = {
+        "kind": kind,
+        "shape": f"{in_features}x{out_features}",
+        "step_s": seconds,
+        "saved_bytes": saved,
+        "cuda_peak_bytes": peak
+    }
     if kind != "float":
         result.update(_quantizer_throughput(layer, x, device, iters))
     return result
@@ -141,22 +145,27 @@ def main():
     for shape in args.shapes.split(","):
         in_features, out_features = map(int, shape.lower().split("x"))
         for kind in ("float", "brevitas-mxfp8", "dmx"):
-            rows.append(bench_layer(kind, in_features, out_features, args.tokens, device,
-                                    args.iters))
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
-    print(f"device: {name}, torch {torch.__version__}, tokens {args.tokens}, "
-          f"dMX compiled: {args.compile}")
-    print("| shape | quantizer | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) "
-          "| vs Brevitas | CUDA peak (MiB) | quantizers alone (s) | GB/s |")
+            rows.append(
+                bench_layer(kind, in_features, out_features, args.tokens, device, args.iters))
+    name = torch.cuda.get_device_name(
+    ) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    print(
+        f"device: {name}, torch {torch.__version__}, tokens {args.tokens}, "
+        f"dMX compiled: {args.compile}")
+    print(
+        "| shape | quantizer | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) "
+        "| vs Brevitas | CUDA peak (MiB) | quantizers alone (s) | GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     by_key = {(r["shape"], r["kind"]): r for r in rows}
     for r in rows:
         flt, brv = by_key[(r["shape"], "float")], by_key[(r["shape"], "brevitas-mxfp8")]
         peak = "-" if r["cuda_peak_bytes"] is None else f"{r['cuda_peak_bytes'] / 2**20:.0f}"
-        print(f"| {r['shape']} | {r['kind']} | {r['step_s']:.4f} | {r['step_s'] / flt['step_s']:.2f}x "
-              f"| {r['step_s'] / brv['step_s']:.2f}x | {r['saved_bytes'] / 2**20:.0f} "
-              f"| {r['saved_bytes'] / brv['saved_bytes']:.2f}x | {peak} "
-              f"| {r.get('quantizers_s', float('nan')):.4f} | {r.get('quantizers_GBps', float('nan')):.1f} |")
+        print(
+            f"| {r['shape']} | {r['kind']} | {r['step_s']:.4f} | {r['step_s'] / flt['step_s']:.2f}x "
+            f"| {r['step_s'] / brv['step_s']:.2f}x | {r['saved_bytes'] / 2**20:.0f} "
+            f"| {r['saved_bytes'] / brv['saved_bytes']:.2f}x | {peak} "
+            f"| {r.get('quantizers_s', float('nan')):.4f} | {r.get('quantizers_GBps', float('nan')):.1f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "tokens": args.tokens, "rows": rows}, f, indent=1)

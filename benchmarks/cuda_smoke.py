@@ -6,9 +6,8 @@ step of the learnable quantizers on the GPU. Run on a machine with a GPU:
     python benchmarks/cuda_smoke.py
 """
 
-import torch
-
 import brevitas.nn as qnn
+import torch
 
 from brevitas_dmx.functional import mx_fake_quantize
 from brevitas_dmx.quant import DMXFloatAct
@@ -26,13 +25,19 @@ def main():
             print(f"E{e}M{m} {rule}: CPU == CUDA bit for bit: {torch.equal(cpu, gpu)}")
     for dtype in (torch.float32, torch.bfloat16):
         layer = qnn.QuantLinear(
-            1024, 1024, bias=False, weight_quant=DMXFloatWeight, input_quant=DMXFloatAct,
-            dtype=dtype, device="cuda").train()
+            1024,
+            1024,
+            bias=False,
+            weight_quant=DMXFloatWeight,
+            input_quant=DMXFloatAct,
+            dtype=dtype,
+            device="cuda").train()
         inp = torch.randn(8, 128, 1024, device="cuda", dtype=dtype, requires_grad=True)
         layer(inp).float().pow(2).mean().backward()
         grad = layer.weight_quant.tensor_quant.offset.raw_offset.grad
-        print(f"{dtype} training step on CUDA: offset grad {grad.item():.3e}, finite "
-              f"{bool(torch.isfinite(grad))}")
+        print(
+            f"{dtype} training step on CUDA: offset grad {grad.item():.3e}, finite "
+            f"{bool(torch.isfinite(grad))}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@
 
 import argparse
 
+import brevitas.nn as qnn
 import torch
 from torch.profiler import profile
 from torch.profiler import ProfilerActivity
-
-import brevitas.nn as qnn
 
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.quant import DMXFloatAct

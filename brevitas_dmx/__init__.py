@@ -10,8 +10,8 @@ from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.functional import mx_fake_quantize
 from brevitas_dmx.model import apply_format_map
 from brevitas_dmx.model import average_bits
-from brevitas_dmx.model import clear_format_pins
 from brevitas_dmx.model import bits_report
+from brevitas_dmx.model import clear_format_pins
 from brevitas_dmx.model import dmx_layers
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import finalize

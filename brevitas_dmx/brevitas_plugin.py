@@ -21,7 +21,7 @@ does not duplicate them.
 
 from dataclasses import dataclass
 from dataclasses import field
-from typing import Any, Dict, List, Optional
+from typing import List
 
 from brevitas_examples.common.generative.quantizers import BaseQuantizer
 from brevitas_examples.common.generative.quantizers import QUANTIZERS_REGISTRY
@@ -75,7 +75,11 @@ def _rotation_parameters(model, training_args) -> List:
 
 # An explicit scheduler per optimizer: Brevitas fills missing ones only in some code paths, and
 # with two optimizers (offsets and rotations) transformers 5 would otherwise find none.
-_CONSTANT_LR = {"scheduler_cls": "ConstantLR", "scheduler_kwargs": {"factor": 1.0, "total_iters": 0}}
+_CONSTANT_LR = {
+    "scheduler_cls": "ConstantLR", "scheduler_kwargs": {
+        "factor": 1.0, "total_iters": 0
+    }
+}
 
 
 @dataclass
@@ -98,22 +102,40 @@ class DMXTrainingArguments(BrevitasTrainingArguments):
         super().__post_init__()
         if self.optimizer_scheduler_args is None:
             # The paper's optimizer on the offsets; SpinQuant's on the rotations if asked.
-            self.optimizer_scheduler_args = [{
-                "optimizer_cls": "SGD",
-                "param_setup": [{
-                    "get_param_fn": dmx_offset_parameters,
-                    "optimizer_kwargs": {"lr": self.dmx_lr, "momentum": 0.99, "nesterov": True}}],
-                **_CONSTANT_LR}]
+            self.optimizer_scheduler_args = [
+                {
+                    "optimizer_cls": "SGD",
+                    "param_setup":
+                        [
+                            {
+                                "get_param_fn": dmx_offset_parameters,
+                                "optimizer_kwargs":
+                                    {
+                                        "lr": self.dmx_lr, "momentum": 0.99, "nesterov": True
+                                    }
+                            }
+                        ],
+                    **_CONSTANT_LR
+                }
+            ]
             if self.dmx_learn_rotations:
-                self.optimizer_scheduler_args.append({
-                    "optimizer_cls": "CaileySGD",
-                    "param_setup": [{
-                        "get_param_fn": _rotation_parameters,
-                        "optimizer_kwargs": {
-                            "lr": self.dmx_rotation_lr,
-                            "stiefel": True,
-                            "dtype": self.optimizer_dtype}}],
-                    **_CONSTANT_LR})
+                self.optimizer_scheduler_args.append(
+                    {
+                        "optimizer_cls": "CaileySGD",
+                        "param_setup":
+                            [
+                                {
+                                    "get_param_fn": _rotation_parameters,
+                                    "optimizer_kwargs":
+                                        {
+                                            "lr": self.dmx_rotation_lr,
+                                            "stiefel": True,
+                                            "dtype": self.optimizer_dtype
+                                        }
+                                }
+                            ],
+                        **_CONSTANT_LR
+                    })
 
 
 @TRAINER_REGISTRY.register("dmx")
@@ -142,6 +164,7 @@ class BrevitasDMXTrainer(DMXLossMixin, GeneralizedTrainer):
             self.args.dmx_budget_with_scales)
         dmx.finalize(self.model)
         print(format_table(dmx.format_map(self.model)))
-        print(f"[dMX] {self.args.dmx_average} average {projection.average:.4f} bits "
-              f"(target {self.args.dmx_target_bits:g})")
+        print(
+            f"[dMX] {self.args.dmx_average} average {projection.average:.4f} bits "
+            f"(target {self.args.dmx_target_bits:g})")
         return result

@@ -22,8 +22,8 @@ import torch
 # An offline source of real English text: the Wikipedia dump that the gensim wheel ships for its
 # tests, cleaned like WikiText (article titles as " = Title = " lines).
 GENSIM_ENWIKI = "enwiki-gensim"
-_GENSIM_FILE = ("test", "test_data",
-                "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+_GENSIM_FILE = (
+    "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
 HUB_DATASETS = ("wikitext2", "c4", "pile", "fineweb")
 LOCAL_SUFFIXES = (".txt", ".jsonl")
 
@@ -69,8 +69,10 @@ def _gensim_enwiki_text() -> str:
             continue
         body = filter_wiki(html.unescape(text.group(1)))
         lines = [
-            line.strip() for line in body.splitlines()
-            if len(line.strip()) >= 60 and not line.lstrip().startswith(("|", "!", "*", "{"))]
+            line.strip()
+            for line in body.splitlines()
+            if len(line.strip()) >= 60 and not line.lstrip().startswith(("|", "!", "*", "{"))
+        ]
         if lines:
             articles.append(f" = {title.group(1).strip()} = \n" + "\n".join(lines))
     return "\n".join(articles)
@@ -112,8 +114,11 @@ def _tokens(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
-def calibration_samples(
-        tokenizer, text: str, nsamples: int, seqlen: int, seed: int = 0) -> List[Dict]:
+def calibration_samples(tokenizer,
+                        text: str,
+                        nsamples: int,
+                        seqlen: int,
+                        seed: int = 0) -> List[Dict]:
     """``nsamples`` non-overlapping windows of ``seqlen`` tokens, as causal-LM examples."""
     tokens = _tokens(tokenizer, text)
     available = len(tokens) // seqlen

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
+def perplexity(
+        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
     """exp(mean next-token NLL) over ``windows`` ([n, seqlen] token ids), in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -36,8 +37,9 @@ def format_table(fmap: Dict[str, Dict]) -> str:
     return "\n".join(lines)
 
 
-PALETTE = {"e2m1": "#4c72b0", "e2m3": "#55a868", "e3m2": "#8172b2", "e4m3": "#c44e52",
-           "e5m2": "#dd8452"}
+PALETTE = {
+    "e2m1": "#4c72b0", "e2m3": "#55a868", "e3m2": "#8172b2", "e4m3": "#c44e52", "e5m2": "#dd8452"
+}
 _BLOCK_LAYER = re.compile(r"^(.*)\.(\d+)\.(?:[^.]+\.)?([^.]+)$")
 
 
@@ -67,8 +69,10 @@ def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> 
     import matplotlib.pyplot as plt
     import numpy as np
     used = [f for f in PALETTE if any((e["weight"] or e["input"]) == f for e in fmap.values())]
-    legend = [Patch(color=PALETTE[f], label=f"{f.upper()} ({1 + int(f[1]) + int(f[3])} bits)")
-              for f in used]
+    legend = [
+        Patch(color=PALETTE[f], label=f"{f.upper()} ({1 + int(f[1]) + int(f[3])} bits)")
+        for f in used
+    ]
     grid = _grid(fmap)
     if grid is not None:
         blocks, columns, cells = grid
@@ -77,8 +81,13 @@ def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> 
         for (block, column), fmt in cells.items():
             image[columns.index(column), blocks.index(block)] = index[fmt]
         fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(blocks) + 2.5), 0.4 * len(columns) + 1.6))
-        ax.imshow(image, cmap=ListedColormap([PALETTE[f] for f in used]), aspect="auto",
-                  vmin=-0.5, vmax=len(used) - 0.5, interpolation="nearest")
+        ax.imshow(
+            image,
+            cmap=ListedColormap([PALETTE[f] for f in used]),
+            aspect="auto",
+            vmin=-0.5,
+            vmax=len(used) - 0.5,
+            interpolation="nearest")
         ax.set_yticks(range(len(columns)))
         ax.set_yticklabels(columns, fontsize=8)
         ax.set_xticks(range(len(blocks)))
@@ -87,8 +96,9 @@ def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> 
     else:
         names = list(fmap)
         fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(names) + 2), 3.6))
-        ax.bar(range(len(names)), [fmap[n]["bits"] for n in names],
-               color=[PALETTE.get(fmap[n]["weight"] or fmap[n]["input"], "grey") for n in names])
+        ax.bar(
+            range(len(names)), [fmap[n]["bits"] for n in names],
+            color=[PALETTE.get(fmap[n]["weight"] or fmap[n]["input"], "grey") for n in names])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=90, fontsize=6)
         ax.set_ylabel("bits per element")

@@ -30,7 +30,8 @@ FORMATS: Dict[str, ElementFormat] = {
         ElementFormat("e2m3", 2, 3),
         ElementFormat("e3m2", 3, 2),
         ElementFormat("e4m3", 4, 3),
-        ElementFormat("e5m2", 5, 2),)}
+        ElementFormat("e5m2", 5, 2),)
+}
 
 # Unambiguous MX names accepted wherever a format name is (MXFP6 has two element formats).
 FORMAT_ALIASES = {"mxfp4": "e2m1", "mxfp8": "e4m3"}
@@ -103,7 +104,8 @@ LADDERS: Dict[str, Ladder] = {
     l.name: l for l in (
         Ladder("mxfp8-mxfp4", 2.0, 1.0, 1.0, 1.0, 2, "sigmoid"),
         Ladder("mxfp6-mxfp4", 2.0, 0.0, 1.0, 1.0, 2, "sigmoid"),
-        Ladder("mxfp8-mxfp6-mxfp4", 2.0, 1.0, 1.0, 1.0, 2, "staircase"),)}
+        Ladder("mxfp8-mxfp6-mxfp4", 2.0, 1.0, 1.0, 1.0, 2, "staircase"),)
+}
 
 
 def ladder(name: str) -> Ladder:

@@ -108,8 +108,7 @@ def _forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str):
     return out, scale
 
 
-def _backward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale: Tensor, grad_out: Tensor,
-                     shape: Tuple[int, ...]):
+def _backward_kernel(blocks, e, m, scale, grad_out, shape):
     """Input gradient and the three sums the format gradient needs; no autograd."""
     max_normal = mx_max_normal(e, m)
     scaled = blocks / scale
@@ -182,8 +181,9 @@ class _MXQuantizeBlocks(torch.autograd.Function):
             max_normal = mx_max_normal(e, m)
             terms = (
                 # the shared scale 2**k: d out / d k = ln2 * out
-                (_scale_exponent_term(e, m, ctx.scale_rule),
-                 ln2 * (sum_error + max_normal.detach() * sum_saturated)),
+                (
+                    _scale_exponent_term(e, m, ctx.scale_rule),
+                    ln2 * (sum_error + max_normal.detach() * sum_saturated)),
                 # the subnormal threshold 1 - bias sets the step of subnormal elements
                 (1 - mx_exponent_bias(e), ln2 * sum_error_subnormal),
                 # the step 2**(binade - m)

@@ -33,8 +33,16 @@ from brevitas_dmx.solver.trainer import OPTIMIZERS
 # Brevitas flags that a dMX run honours; any other flag set away from its default is refused
 # with --dmx until it composes (the check runs before anything is loaded).
 HONOURED_BREVITAS_FLAGS = {
-    "model", "dtype", "seed", "nsamples", "seqlen", "dataset", "eval", "config",
-    "quantize_last_layer"}
+    "model",
+    "dtype",
+    "seed",
+    "nsamples",
+    "seqlen",
+    "dataset",
+    "eval",
+    "config",
+    "quantize_last_layer"
+}
 TIE_CHOICES = ("none", "qkv", "qkv-gateup")
 
 
@@ -57,12 +65,16 @@ def build_parser():
     group = parser.add_argument_group("dMX: learned mixed-precision MX formats")
     group.add_argument("--dmx", action="store_true", help="Enable dMX.")
     group.add_argument(
-        "--dmx-target-bits", type=float, default=None,
+        "--dmx-target-bits",
+        type=float,
+        default=None,
         help="Bit budget: the average bits per element the result may not exceed (required).")
     group.add_argument("--dmx-ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
     group.add_argument("--dmx-lambda", type=float, default=5.0, help="Penalty weight (5).")
     group.add_argument(
-        "--dmx-regularizer", choices=("target", "scaling"), default="target",
+        "--dmx-regularizer",
+        choices=("target", "scaling"),
+        default="target",
         help="target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).")
     group.add_argument("--dmx-lr", type=float, default=1.0, help="Offset learning rate (1.0).")
     group.add_argument("--dmx-optimizer", choices=OPTIMIZERS, default="sgd")
@@ -72,24 +84,38 @@ def build_parser():
     group.add_argument("--dmx-temp-end", type=float, default=20.0)
     group.add_argument("--dmx-temp-delay", type=float, default=0.6)
     group.add_argument(
-        "--dmx-average", choices=WEIGHTINGS, default="simple",
+        "--dmx-average",
+        choices=WEIGHTINGS,
+        default="simple",
         help="Which average the budget binds: simple (paper), size, or memory (weights only).")
     group.add_argument(
-        "--dmx-budget-with-scales", action="store_true",
+        "--dmx-budget-with-scales",
+        action="store_true",
         help="The budget counts the 0.25 bit/element of the E8M0 block scales.")
     group.add_argument("--dmx-weights-only", action="store_true", help="Leave inputs in float.")
-    group.add_argument("--dmx-tie", choices=TIE_CHOICES, default="none",
-                       help="Layers a deployment fuses share one format.")
+    group.add_argument(
+        "--dmx-tie",
+        choices=TIE_CHOICES,
+        default="none",
+        help="Layers a deployment fuses share one format.")
     group.add_argument("--dmx-scale-rule", choices=("floor", "nonclip"), default="floor")
     group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
     group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
-    group.add_argument("--dmx-eval-windows", type=int, default=64,
-                       help="Evaluation windows of --seqlen tokens (64).")
-    group.add_argument("--dmx-eval-fraction", type=float, default=0.4,
-                       help="Share of the text (by characters, at its end) held out (0.4).")
+    group.add_argument(
+        "--dmx-eval-windows",
+        type=int,
+        default=64,
+        help="Evaluation windows of --seqlen tokens (64).")
+    group.add_argument(
+        "--dmx-eval-fraction",
+        type=float,
+        default=0.4,
+        help="Share of the text (by characters, at its end) held out (0.4).")
     group.add_argument("--dmx-eval-batch-size", type=int, default=4)
-    group.add_argument("--dmx-skip-baselines", action="store_true",
-                       help="Skip the uniform low/high format perplexities.")
+    group.add_argument(
+        "--dmx-skip-baselines",
+        action="store_true",
+        help="Skip the uniform low/high format perplexities.")
     return parser
 
 
@@ -116,9 +142,11 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(f"--dataset {args.dataset!r}: local data sets need --dmx")
         return
     foreign = [
-        a.dest for a in parser._actions if a.dest not in HONOURED_BREVITAS_FLAGS and
-        not a.dest.startswith("dmx") and a.dest != "help" and
-        getattr(args, a.dest, a.default) != defaults[a.dest]]
+        a.dest
+        for a in parser._actions
+        if a.dest not in HONOURED_BREVITAS_FLAGS and not a.dest.startswith("dmx") and
+        a.dest != "help" and getattr(args, a.dest, a.default) != defaults[a.dest]
+    ]
     if foreign:
         raise UsageError(
             f"{', '.join(map(_flag, foreign))} cannot be combined with --dmx in this command's "
@@ -130,17 +158,24 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
     if args.dmx_target_bits is None:
-        raise UsageError(f"--dmx needs --dmx-target-bits, between {low:g} and {high:g} for "
-                         f"--dmx-ladder {ladder.name}")
+        raise UsageError(
+            f"--dmx needs --dmx-target-bits, between {low:g} and {high:g} for "
+            f"--dmx-ladder {ladder.name}")
     if not low <= args.dmx_target_bits <= high:
         raise UsageError(
             f"--dmx-target-bits {args.dmx_target_bits:g} is outside what --dmx-ladder "
             f"{ladder.name} can reach: {low:g} to {high:g} bits"
             + (" (with scale bits)" if scale else ""))
-    positive = {"dmx_steps": args.dmx_steps, "dmx_batch_size": args.dmx_batch_size,
-                "dmx_lr": args.dmx_lr, "dmx_temp_start": args.dmx_temp_start,
-                "dmx_temp_end": args.dmx_temp_end, "dmx_eval_windows": args.dmx_eval_windows,
-                "nsamples": args.nsamples, "seqlen": args.seqlen}
+    positive = {
+        "dmx_steps": args.dmx_steps,
+        "dmx_batch_size": args.dmx_batch_size,
+        "dmx_lr": args.dmx_lr,
+        "dmx_temp_start": args.dmx_temp_start,
+        "dmx_temp_end": args.dmx_temp_end,
+        "dmx_eval_windows": args.dmx_eval_windows,
+        "nsamples": args.nsamples,
+        "seqlen": args.seqlen
+    }
     for dest, value in positive.items():
         if not value > 0:
             raise UsageError(f"{_flag(dest)} must be positive, got {value}")
@@ -153,8 +188,9 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     if args.dmx_resume is not None and not os.path.isdir(args.dmx_resume):
         raise UsageError(f"--dmx-resume {args.dmx_resume!r}: no such output folder")
     if args.dataset in HUB_DATASETS and args.dataset != "wikitext2":
-        raise UsageError(f"--dataset {args.dataset} is not available with --dmx yet: use "
-                         f"wikitext2, enwiki-gensim or a local .txt / .jsonl file")
+        raise UsageError(
+            f"--dataset {args.dataset} is not available with --dmx yet: use "
+            f"wikitext2, enwiki-gensim or a local .txt / .jsonl file")
     check_dataset_name(args.dataset)
     resolve_model_path(args.model)
 
@@ -181,15 +217,19 @@ def _layer_map(args):
     names = {
         "mxfp8-mxfp4": ("DMXFloatWeight", "DMXFloatAct"),
         "mxfp6-mxfp4": ("DMXFloat6Weight", "DMXFloat6Act"),
-        "mxfp8-mxfp6-mxfp4": ("DMXFloatStaircaseWeight", "DMXFloatStaircaseAct"),}
+        "mxfp8-mxfp6-mxfp4": ("DMXFloatStaircaseWeight", "DMXFloatStaircaseAct"),
+    }
     weight_name, act_name = names[args.dmx_ladder]
     weight = getattr(quant, weight_name).let(dmx_scale_rule=args.dmx_scale_rule)
     act = None if args.dmx_weights_only else getattr(quant, act_name).let(
         dmx_scale_rule=args.dmx_scale_rule)
     return {
-        nn.Linear: (
-            qnn.QuantLinear, {
-                "weight_quant": weight, "input_quant": act, "return_quant_tensor": False}),}
+        nn.Linear:
+            (
+                qnn.QuantLinear, {
+                    "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
+                }),
+    }
 
 
 def _peak_memory_bytes(device) -> int:
@@ -232,14 +272,21 @@ def run_dmx(args) -> Dict:
     calib_text, eval_text = _texts(args)
     calib = calibration_samples(tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(tokenizer, eval_text, args.seqlen, args.dmx_eval_windows)
-    print(f"[dMX] {len(calib)} calibration samples and {len(windows)} evaluation windows of "
-          f"{args.seqlen} tokens")
+    print(
+        f"[dMX] {len(calib)} calibration samples and {len(windows)} evaluation windows of "
+        f"{args.seqlen} tokens")
 
     print(f"[dMX] model: {args.model}")
     model = load_model(args.model, args.dtype).to(device)
-    metrics = {"model": args.model, "dataset": args.dataset, "seqlen": args.seqlen,
-               "target_bits": args.dmx_target_bits, "ladder": args.dmx_ladder,
-               "average": args.dmx_average, "budget_with_scales": args.dmx_budget_with_scales}
+    metrics = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "seqlen": args.seqlen,
+        "target_bits": args.dmx_target_bits,
+        "ladder": args.dmx_ladder,
+        "average": args.dmx_average,
+        "budget_with_scales": args.dmx_budget_with_scales
+    }
     metrics["float_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, "float ppl")
     print(f"[dMX] float perplexity {metrics['float_ppl']:.3f}")
 
@@ -250,8 +297,9 @@ def run_dmx(args) -> Dict:
         raise UsageError(f"--model {args.model}: no Linear layers to quantize")
     if args.dmx_tie != "none":
         dmx.tie_offsets(model, dmx.tie_groups(model, args.dmx_tie))
-    print(f"[dMX] {len(layers)} layers with a learnable format, "
-          f"{len(dmx.dmx_offsets(model))} offsets")
+    print(
+        f"[dMX] {len(layers)} layers with a learnable format, "
+        f"{len(dmx.dmx_offsets(model))} offsets")
 
     ladder = LADDERS[args.dmx_ladder]
     if not args.dmx_skip_baselines:
@@ -272,11 +320,16 @@ def run_dmx(args) -> Dict:
     training_args = training_arguments(
         checkpoints, args.dmx_steps, args.dmx_batch_size, args.dmx_lr, args.seed)
     trainer = DMXTrainer(
-        model, training_args, regularizer, optimizer_name=args.dmx_optimizer,
-        temp_start=args.dmx_temp_start, temp_end=args.dmx_temp_end,
-        temp_delay=args.dmx_temp_delay, train_dataset=calib)
-    resume = get_last_checkpoint(checkpoints) if args.dmx_resume and os.path.isdir(
-        checkpoints) else None
+        model,
+        training_args,
+        regularizer,
+        optimizer_name=args.dmx_optimizer,
+        temp_start=args.dmx_temp_start,
+        temp_end=args.dmx_temp_end,
+        temp_delay=args.dmx_temp_delay,
+        train_dataset=calib)
+    resume = get_last_checkpoint(
+        checkpoints) if args.dmx_resume and os.path.isdir(checkpoints) else None
     if resume:
         print(f"[dMX] resuming from {resume}")
     start = time.perf_counter()
@@ -296,19 +349,19 @@ def run_dmx(args) -> Dict:
     fmap = dmx.format_map(model)
     metrics["avg_bits"] = report[args.dmx_average]
     metrics["avg_bits_with_scales"] = report[args.dmx_average + "_with_scales"]
-    metrics["budget_binds"] = args.dmx_average + (" with scales" if args.dmx_budget_with_scales
-                                                  else " without scales")
+    metrics["budget_binds"] = args.dmx_average + (
+        " with scales" if args.dmx_budget_with_scales else " without scales")
     metrics["bits"] = report
     counts: Dict[str, int] = {}
     for entry in fmap.values():
-        counts[entry["weight"] or entry["input"]] = counts.get(entry["weight"] or entry["input"],
-                                                               0) + 1
+        counts[entry["weight"] or
+               entry["input"]] = counts.get(entry["weight"] or entry["input"], 0) + 1
     metrics["format_counts"] = counts
     low_key = f"uniform_{ladder.formats[0].mx_name}_{ladder.formats[0].name}_ppl"
     high_key = f"uniform_{ladder.formats[-1].mx_name}_{ladder.formats[-1].name}_ppl"
     if low_key in metrics and metrics[low_key] != metrics[high_key]:
-        metrics["gap_closed"] = (metrics[low_key] - metrics["quant_ppl"]) / (
-            metrics[low_key] - metrics[high_key])
+        metrics["gap_closed"] = (metrics[low_key]
+                                 - metrics["quant_ppl"]) / (metrics[low_key] - metrics[high_key])
     metrics["peak_mem_bytes"] = _peak_memory_bytes(device)
     metrics["device"] = str(device)
     assert projection.average <= args.dmx_target_bits + 1e-9
@@ -317,31 +370,41 @@ def run_dmx(args) -> Dict:
         json.dump(fmap, f, indent=1)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_bits(fmap, os.path.join(out_dir, "bits_per_layer.png"),
-              f"{args.model}: dMX at {args.dmx_target_bits:g} bits ({args.dmx_average})")
+    plot_bits(
+        fmap,
+        os.path.join(out_dir, "bits_per_layer.png"),
+        f"{args.model}: dMX at {args.dmx_target_bits:g} bits ({args.dmx_average})")
     print(format_table(fmap))
     print(_summary(metrics))
-    print(f"[dMX] wrote {out_dir}: format_map.json, metrics.json, bits_per_layer.png, "
-          f"dmx_offsets.pt, budget_units.json, checkpoints/")
+    print(
+        f"[dMX] wrote {out_dir}: format_map.json, metrics.json, bits_per_layer.png, "
+        f"dmx_offsets.pt, budget_units.json, checkpoints/")
     return metrics
 
 
 def _summary(metrics: Dict) -> str:
-    lines = ["| model | perplexity | avg bits | avg bits + scales |", "|---|---|---|---|",
-             f"| float | {metrics['float_ppl']:.3f} | 32 | - |"]
+    lines = [
+        "| model | perplexity | avg bits | avg bits + scales |",
+        "|---|---|---|---|",
+        f"| float | {metrics['float_ppl']:.3f} | 32 | - |"
+    ]
     for key, value in metrics.items():
         if key.startswith("uniform_"):
             bits = 1 + int(key.split("_")[2][1]) + int(key.split("_")[2][3])
-            lines.append(f"| uniform {key.split('_')[1].upper()} ({key.split('_')[2]}) "
-                         f"| {value:.3f} | {bits} | {bits + 0.25:g} |")
-    lines.append(f"| dMX ({metrics['average']}, target {metrics['target_bits']:g}) "
-                 f"| {metrics['quant_ppl']:.3f} | {metrics['avg_bits']:.3f} "
-                 f"| {metrics['avg_bits_with_scales']:.3f} |")
+            lines.append(
+                f"| uniform {key.split('_')[1].upper()} ({key.split('_')[2]}) "
+                f"| {value:.3f} | {bits} | {bits + 0.25:g} |")
+    lines.append(
+        f"| dMX ({metrics['average']}, target {metrics['target_bits']:g}) "
+        f"| {metrics['quant_ppl']:.3f} | {metrics['avg_bits']:.3f} "
+        f"| {metrics['avg_bits_with_scales']:.3f} |")
     if "gap_closed" in metrics:
-        lines.append(f"\nShare of the low->high format perplexity gap closed: "
-                     f"{100 * metrics['gap_closed']:.1f} %")
-    lines.append(f"Training time {metrics['train_time_s']:.1f} s, peak memory "
-                 f"{metrics['peak_mem_bytes'] / 2**30:.2f} GiB")
+        lines.append(
+            f"\nShare of the low->high format perplexity gap closed: "
+            f"{100 * metrics['gap_closed']:.1f} %")
+    lines.append(
+        f"Training time {metrics['train_time_s']:.1f} s, peak memory "
+        f"{metrics['peak_mem_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
 
 

@@ -32,7 +32,8 @@ __all__ = [
     "finalize",
     "mx_quantizers",
     "tie_offsets",
-    "tie_groups",]
+    "tie_groups",
+]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
 # quantizes the input of whatever follows it, so it reports as "input".
@@ -82,8 +83,11 @@ class _Quantizer:
         shape = self.dmx.last_input_shape if self.dmx is not None else None
         if shape is not None and len(shape) > 1:
             return math.prod(shape[1:])
-        # Before any forward pass: one token's features.
-        return getattr(self.layer, "in_features", None) or self.layer.weight.shape[-1]
+        # Before any forward pass: one token's features (0: unknown, does not count).
+        features = getattr(self.layer, "in_features", None)
+        if features is None and getattr(self.layer, "weight", None) is not None:
+            features = self.layer.weight.shape[-1]
+        return features or 0
 
 
 def _is_fixed_mx_proxy(proxy: nn.Module) -> bool:
@@ -177,11 +181,15 @@ def average_bits(
 
     def mean(qs, weighted):
         sizes = [float(q.size()) if weighted else 1.0 for q in qs]
+        if sum(sizes) == 0:
+            raise ValueError("Activation sizes are unknown: run a forward pass first.")
         return sum(bits(q) * s for q, s in zip(qs, sizes)) / sum(sizes)
 
     if weighting == "simple":
-        groups = [g for g in ([q for q in quants if q.is_weight],
-                              [q for q in quants if not q.is_weight]) if g]
+        groups = [
+            g for g in ([q for q in quants if q.is_weight], [q for q in quants if not q.is_weight])
+            if g
+        ]
         result = sum(mean(g, weighted=False) for g in groups) / len(groups)
     else:
         result = mean(quants, weighted=True)
@@ -311,7 +319,8 @@ def finalize(model: nn.Module) -> nn.Module:
 TIE_PRESETS = {
     "none": (),
     "qkv": (("q_proj", "k_proj", "v_proj"),),
-    "qkv-gateup": (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),}
+    "qkv-gateup": (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
+}
 
 
 def tie_groups(model: nn.Module, preset: str) -> List[List[str]]:

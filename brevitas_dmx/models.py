@@ -36,7 +36,8 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
     path = resolve_model_path(name)
     if path.endswith(".gguf"):
-        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        return AutoTokenizer.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path))
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -8,10 +8,9 @@ end in MXFP8. Runs in seconds on a CPU:
     python examples/learn_formats_by_hand.py
 """
 
+import brevitas.nn as qnn
 import torch
 from torch import nn
-
-import brevitas.nn as qnn
 
 import brevitas_dmx as dmx
 from brevitas_dmx.quant import DMXFloatAct

@@ -2,13 +2,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Shared fixtures: tiny random models and MX-stressing data, all made here."""
 
-import pytest
-import torch
-from torch import nn
-
 from brevitas import config
 from brevitas.graph.quantize import layerwise_quantize
 import brevitas.nn as qnn
+import pytest
+import torch
+from torch import nn
 
 OCP_FORMATS = {
     # name: (exponent bits, mantissa bits, ml_dtypes type name, max normal)
@@ -16,7 +15,8 @@ OCP_FORMATS = {
     "e2m3": (2, 3, "float6_e2m3fn", 7.5),
     "e3m2": (3, 2, "float6_e3m2fn", 28.0),
     "e4m3": (4, 3, "float8_e4m3fn", 448.0),
-    "e5m2": (5, 2, "float8_e5m2", 57344.0),}
+    "e5m2": (5, 2, "float8_e5m2", 57344.0),
+}
 
 
 def mx_stress_tensor(rows: int = 48, cols: int = 256, seed: int = 0) -> torch.Tensor:
@@ -56,12 +56,15 @@ def tiny_llama(seed: int = 0):
 
 def dmx_layer_map(weight_quant, input_quant):
     return {
-        nn.Linear: (
-            qnn.QuantLinear,
-            {
-                "weight_quant": weight_quant,
-                "input_quant": input_quant,
-                "return_quant_tensor": False}),}
+        nn.Linear:
+            (
+                qnn.QuantLinear,
+                {
+                    "weight_quant": weight_quant,
+                    "input_quant": input_quant,
+                    "return_quant_tensor": False
+                }),
+    }
 
 
 def quantize_tiny_llama(weight_quant, input_quant, seed: int = 0):
@@ -79,16 +82,19 @@ def ignore_missing_keys():
     config.IGNORE_MISSING_KEYS = previous
 
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers "
-         "mountains numbers and the long history of quantized floating point formats").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven small birds sing about rivers "
+    "mountains numbers and the long history of quantized floating point formats").split()
 
 
 def local_text(n_lines: int = 400, seed: int = 0) -> str:
     """Made-up English-like text, different every line."""
     import random
     rng = random.Random(seed)
-    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 24))) + "."
-                     for _ in range(n_lines)) + "\n"
+    return "\n".join(
+        " ".join(rng.choice(WORDS)
+                 for _ in range(rng.randint(12, 24))) + "."
+        for _ in range(n_lines)) + "\n"
 
 
 def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0) -> str:

@@ -21,7 +21,8 @@ def local_wikitext(monkeypatch):
     from brevitas_examples.llm.llm_quant import data_utils
 
     def load_raw_dataset(dataset_name, split, seed=0, **kwargs):
-        return datasets.Dataset.from_dict({"text": local_text(400, seed=hash(split) % 97).splitlines()})
+        return datasets.Dataset.from_dict(
+            {"text": local_text(400, seed=hash(split) % 97).splitlines()})
 
     monkeypatch.setattr(data_utils, "load_raw_dataset", load_raw_dataset)
 
@@ -32,10 +33,30 @@ def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(tmp_path, local_
     from brevitas_examples.llm.main import quantize_llm
     folder = save_tiny_llama_folder(tmp_path / "tiny")
     argv = [
-        "--model", folder, "--dataset", "wikitext2", "--seqlen", "32", "--nsamples", "8",
-        "--dtype", "float32", "--custom-quantizer", f"{PLUGIN}:dmx", "--fine-tune",
-        "--custom-trainer", f"{PLUGIN}:dmx", "--max_steps", "4", "--per_device_train_batch_size",
-        "4", "--dmx_target_bits", "6", "--output_dir", str(tmp_path / "train")]
+        "--model",
+        folder,
+        "--dataset",
+        "wikitext2",
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "8",
+        "--dtype",
+        "float32",
+        "--custom-quantizer",
+        f"{PLUGIN}:dmx",
+        "--fine-tune",
+        "--custom-trainer",
+        f"{PLUGIN}:dmx",
+        "--max_steps",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--dmx_target_bits",
+        "6",
+        "--output_dir",
+        str(tmp_path / "train")
+    ]
     args, extra_args = parse_args(create_args_parser(), argv)
     captured = {}
     import brevitas_dmx.brevitas_plugin as plugin
@@ -64,11 +85,35 @@ def test_stock_path_composes_with_rotation_gptq_and_evaluation(tmp_path, local_w
     from brevitas_examples.llm.main import quantize_llm
     folder = save_tiny_llama_folder(tmp_path / "tiny")
     argv = [
-        "--model", folder, "--dataset", "wikitext2", "--seqlen", "32", "--nsamples", "8",
-        "--dtype", "float32", "--rotation", "fused_no_fx", "--replace-rmsnorm", "--gptq",
-        "--eval", "--custom-quantizer", f"{PLUGIN}:dmx", "--fine-tune", "--custom-trainer",
-        f"{PLUGIN}:dmx", "--max_steps", "3", "--per_device_train_batch_size", "4",
-        "--dmx_target_bits", "5", "--output_dir", str(tmp_path / "train")]
+        "--model",
+        folder,
+        "--dataset",
+        "wikitext2",
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "8",
+        "--dtype",
+        "float32",
+        "--rotation",
+        "fused_no_fx",
+        "--replace-rmsnorm",
+        "--gptq",
+        "--eval",
+        "--custom-quantizer",
+        f"{PLUGIN}:dmx",
+        "--fine-tune",
+        "--custom-trainer",
+        f"{PLUGIN}:dmx",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--dmx_target_bits",
+        "5",
+        "--output_dir",
+        str(tmp_path / "train")
+    ]
     args, extra_args = parse_args(create_args_parser(), argv)
     results, model = quantize_llm(args, extra_args)
     assert torch.isfinite(torch.tensor(results["quant_ppl"]))
@@ -81,6 +126,7 @@ def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, monk
     from brevitas_examples.common.parse_utils import parse_args
     from brevitas_examples.llm.llm_args import create_args_parser
     from brevitas_examples.llm.main import quantize_llm
+
     import brevitas_dmx.brevitas_plugin as plugin
     seen = {}
     original = plugin.BrevitasDMXTrainer.train
@@ -100,11 +146,35 @@ def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, monk
     monkeypatch.setattr(plugin.BrevitasDMXTrainer, "train", train_and_watch)
     folder = save_tiny_llama_folder(tmp_path / "tiny")
     argv = [
-        "--model", folder, "--dataset", "wikitext2", "--seqlen", "32", "--nsamples", "8",
-        "--dtype", "float32", "--rotation", "fused_no_fx", "--replace-rmsnorm",
-        "--custom-quantizer", f"{PLUGIN}:dmx", "--fine-tune", "--custom-trainer", f"{PLUGIN}:dmx",
-        "--max_steps", "3", "--per_device_train_batch_size", "4", "--dmx_target_bits", "6",
-        "--dmx_learn_rotations", "true", "--output_dir", str(tmp_path / "train")]
+        "--model",
+        folder,
+        "--dataset",
+        "wikitext2",
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "8",
+        "--dtype",
+        "float32",
+        "--rotation",
+        "fused_no_fx",
+        "--replace-rmsnorm",
+        "--custom-quantizer",
+        f"{PLUGIN}:dmx",
+        "--fine-tune",
+        "--custom-trainer",
+        f"{PLUGIN}:dmx",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--dmx_target_bits",
+        "6",
+        "--dmx_learn_rotations",
+        "true",
+        "--output_dir",
+        str(tmp_path / "train")
+    ]
     args, extra_args = parse_args(create_args_parser(), argv)
     quantize_llm(args, extra_args)
     assert seen == {"rotations_moved": True, "offsets_moved": True, "groups": 2}

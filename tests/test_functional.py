@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The functional core against independent references: ml_dtypes grids and Brevitas's MX."""
 
-from conftest import mx_stress_tensor
 from autograd_reference import reference_quantize_blocks
+import brevitas.nn as qnn
+from conftest import mx_stress_tensor
 from conftest import OCP_FORMATS
 from hypothesis import given
 from hypothesis import settings
@@ -12,8 +13,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-
-import brevitas.nn as qnn
 
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.functional import mx_fake_quantize
@@ -100,8 +99,10 @@ def test_matches_brevitas_weight_quantizer(fmt, scale_rule):
     e, m, _, _ = OCP_FORMATS[fmt]
     x = mx_stress_tensor()
     layer = qnn.QuantLinear(
-        x.shape[1], x.shape[0], bias=False, weight_quant=fixed_mx_quantizer(fmt, "weight",
-                                                                            scale_rule))
+        x.shape[1],
+        x.shape[0],
+        bias=False,
+        weight_quant=fixed_mx_quantizer(fmt, "weight", scale_rule))
     layer.weight.data.copy_(x)
     expected = layer.quant_weight().value
     assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
@@ -118,8 +119,7 @@ def test_matches_brevitas_activation_quantizer(fmt, scale_rule):
     assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
 
 
-@pytest.mark.parametrize(
-    "fmt,expected", [(f, spec[3]) for f, spec in sorted(OCP_FORMATS.items())])
+@pytest.mark.parametrize("fmt,expected", [(f, spec[3]) for f, spec in sorted(OCP_FORMATS.items())])
 def test_max_normal_at_ocp_formats(fmt, expected):
     e, m, _, _ = OCP_FORMATS[fmt]
     assert mx_max_normal(torch.tensor(float(e)), torch.tensor(float(m))).item() == expected
@@ -235,7 +235,8 @@ def test_per_row_widths_broadcast():
         (dict(block_size=0), "block_size"),
         (dict(scale_rule="round"), "scale_rule"),
         (dict(exponent_bits=0), "exponent_bits"),
-        (dict(mantissa_bits=torch.ones(1, 64)), "size 1 along"),],
+        (dict(mantissa_bits=torch.ones(1, 64)), "size 1 along"),
+    ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     args = dict(exponent_bits=2, mantissa_bits=1)

@@ -27,9 +27,27 @@ def text_file(tmp_path_factory):
 
 def _argv(model, data, out, *extra):
     return [
-        "--model", model, "--dataset", data, "--seqlen", "32", "--nsamples", "16", "--dmx",
-        "--dmx-target-bits", "6", "--dmx-steps", "6", "--dmx-batch-size", "4",
-        "--dmx-eval-windows", "6", "--dmx-output", str(out), *extra]
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "16",
+        "--dmx",
+        "--dmx-target-bits",
+        "6",
+        "--dmx-steps",
+        "6",
+        "--dmx-batch-size",
+        "4",
+        "--dmx-eval-windows",
+        "6",
+        "--dmx-output",
+        str(out),
+        *extra
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +59,23 @@ def finished_run(tiny_folder, text_file, tmp_path_factory):
 
 def test_run_writes_format_map_metrics_plot_and_offsets(finished_run):
     names = set(os.listdir(finished_run))
-    assert {"format_map.json", "metrics.json", "bits_per_layer.png", "dmx_offsets.pt",
-            "budget_units.json", "checkpoints"} <= names
+    assert {
+        "format_map.json",
+        "metrics.json",
+        "bits_per_layer.png",
+        "dmx_offsets.pt",
+        "budget_units.json",
+        "checkpoints"
+    } <= names
     metrics = json.loads((finished_run / "metrics.json").read_text())
-    for key in ("float_ppl", "quant_ppl", "target_bits", "avg_bits", "avg_bits_with_scales",
-                "format_counts", "train_time_s", "peak_mem_bytes"):
+    for key in ("float_ppl",
+                "quant_ppl",
+                "target_bits",
+                "avg_bits",
+                "avg_bits_with_scales",
+                "format_counts",
+                "train_time_s",
+                "peak_mem_bytes"):
         assert key in metrics
     assert metrics["avg_bits"] <= 6.0
     assert metrics["avg_bits_with_scales"] == pytest.approx(metrics["avg_bits"] + 0.25)
@@ -62,8 +92,14 @@ def test_resume_of_a_finished_run_keeps_its_result(finished_run, tiny_folder, te
 
 
 def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
-    argv = _argv(tiny_folder, text_file, tmp_path, "--dmx-average", "memory",
-                 "--dmx-budget-with-scales", "--dmx-skip-baselines")
+    argv = _argv(
+        tiny_folder,
+        text_file,
+        tmp_path,
+        "--dmx-average",
+        "memory",
+        "--dmx-budget-with-scales",
+        "--dmx-skip-baselines")
     argv[argv.index("--dmx-target-bits") + 1] = "5.5"
     assert llm.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -84,15 +120,34 @@ def no_model_loading(monkeypatch):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"--dmx-target-bits": "3"}, "--dmx-target-bits 3 is outside .* 4 to 8 bits"),
-        ({"--dmx-target-bits": "9"}, "--dmx-target-bits 9 is outside .* 4 to 8 bits"),
-        ({"--dmx-ladder": "mxfp6-mxfp4", "--dmx-target-bits": "7"}, "4 to 6 bits"),
-        ({"--dataset": "/nonexistent/text.txt"}, "file not found"),
-        ({"--dataset": "/tmp/data.csv"}, "local .txt / .jsonl"),
-        ({"--model": "/nonexistent/model"}, "no such file or folder"),
-        ({"--nsamples": "5000"}, "fewer than --nsamples 5000"),
-        ({"--dmx-temp-delay": "1.5"}, "--dmx-temp-delay"),
-        ({"--dmx-steps": "0"}, "--dmx-steps must be positive"),],
+        ({
+            "--dmx-target-bits": "3"
+        }, "--dmx-target-bits 3 is outside .* 4 to 8 bits"),
+        ({
+            "--dmx-target-bits": "9"
+        }, "--dmx-target-bits 9 is outside .* 4 to 8 bits"),
+        ({
+            "--dmx-ladder": "mxfp6-mxfp4", "--dmx-target-bits": "7"
+        }, "4 to 6 bits"),
+        ({
+            "--dataset": "/nonexistent/text.txt"
+        }, "file not found"),
+        ({
+            "--dataset": "/tmp/data.csv"
+        }, "local .txt / .jsonl"),
+        ({
+            "--model": "/nonexistent/model"
+        }, "no such file or folder"),
+        ({
+            "--nsamples": "5000"
+        }, "fewer than --nsamples 5000"),
+        ({
+            "--dmx-temp-delay": "1.5"
+        }, "--dmx-temp-delay"),
+        ({
+            "--dmx-steps": "0"
+        }, "--dmx-steps must be positive"),
+    ],
 )
 def test_bad_input_fails_fast_with_a_message(
         change, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):

@@ -2,15 +2,14 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Model-level helpers: format maps, bit averages and finalization."""
 
-from conftest import quantize_tiny_llama
-import pytest
-import torch
-from torch import nn
-
 import brevitas.nn as qnn
 from brevitas.proxy.groupwise_float_parameter_quant import \
     GroupwiseWeightFloatQuantProxyFromInjector
 from brevitas.proxy.groupwise_float_runtime_quant import GroupwiseActFloatQuantProxyFromInjector
+from conftest import quantize_tiny_llama
+import pytest
+import torch
+from torch import nn
 
 import brevitas_dmx as bd
 from brevitas_dmx.quant import DMXFloatAct
@@ -20,9 +19,14 @@ from brevitas_dmx.quant import DMXFloatWeight
 
 MIXED_MAP = {
     "model.layers.0.self_attn.q_proj": "e4m3",
-    "model.layers.0.self_attn.v_proj": {"weight": "e3m2", "input": "e2m3"},
+    "model.layers.0.self_attn.v_proj": {
+        "weight": "e3m2", "input": "e2m3"
+    },
     "model.layers.0.mlp.down_proj": "mxfp8",
-    "model.layers.1.mlp.up_proj": {"weight": "e5m2"},}
+    "model.layers.1.mlp.up_proj": {
+        "weight": "e5m2"
+    },
+}
 
 
 def _two_layer_model():
@@ -44,8 +48,12 @@ def test_apply_format_map_pins_weight_and_input_formats():
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     bd.apply_format_map(model, MIXED_MAP)
     fmap = bd.format_map(model)
-    assert fmap["model.layers.0.self_attn.q_proj"] == {"weight": "e4m3", "input": "e4m3", "bits": 8.0}
-    assert fmap["model.layers.0.self_attn.v_proj"] == {"weight": "e3m2", "input": "e2m3", "bits": 6.0}
+    assert fmap["model.layers.0.self_attn.q_proj"] == {
+        "weight": "e4m3", "input": "e4m3", "bits": 8.0
+    }
+    assert fmap["model.layers.0.self_attn.v_proj"] == {
+        "weight": "e3m2", "input": "e2m3", "bits": 6.0
+    }
     assert fmap["model.layers.0.mlp.down_proj"]["weight"] == "e4m3"
     assert fmap["model.layers.1.mlp.up_proj"] == {"weight": "e5m2", "input": "e2m1", "bits": 8.0}
     assert fmap["model.layers.1.mlp.down_proj"]["weight"] == "e2m1"
@@ -55,8 +63,10 @@ def test_pinned_format_holds_in_training_mode():
     model = _two_layer_model().train()
     bd.apply_format_map(model, {"0": "e4m3"})
     assert bd.average_bits(model, "memory").item() == pytest.approx(
-        (8 * 64 * 96 + bd.dmx_layers(model)[1][1].weight_quant.tensor_quant.bits().item() * 96 * 32)
-        / (64 * 96 + 96 * 32))
+        (
+            8 * 64 * 96
+            + bd.dmx_layers(model)[1][1].weight_quant.tensor_quant.bits().item() * 96 * 32) /
+        (64 * 96 + 96 * 32))
 
 
 def test_format_map_round_trips_through_apply():
@@ -97,8 +107,8 @@ def test_simple_size_and_memory_averages():
     bits = [8, 4, 8, 4]
     size = sum(s * b for s, b in zip(sizes, bits)) / sum(sizes)
     assert bd.average_bits(model, "size").item() == pytest.approx(size)
-    assert bd.average_bits(model, "size", include_scale_bits=True).item() == pytest.approx(
-        size + 0.25)
+    assert bd.average_bits(
+        model, "size", include_scale_bits=True).item() == pytest.approx(size + 0.25)
 
 
 def test_average_bits_is_differentiable_in_the_offsets():

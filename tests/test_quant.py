@@ -2,16 +2,15 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The learnable quantizers inside Brevitas layers and graph quantization."""
 
+from brevitas import config
+from brevitas.graph.quantize import quantize
+import brevitas.nn as qnn
 from conftest import dmx_layer_map
 from conftest import quantize_tiny_llama
 from conftest import tiny_llama
 import pytest
 import torch
 from torch import nn
-
-from brevitas import config
-from brevitas.graph.quantize import quantize
-import brevitas.nn as qnn
 
 import brevitas_dmx as bd
 from brevitas_dmx.functional import mx_fake_quantize
@@ -26,13 +25,13 @@ from brevitas_dmx.quant import DMXFloatWeight
 PAIRS = {
     "mxfp8-mxfp4": (DMXFloatWeight, DMXFloatAct),
     "mxfp6-mxfp4": (DMXFloat6Weight, DMXFloat6Act),
-    "mxfp8-mxfp6-mxfp4": (DMXFloatStaircaseWeight, DMXFloatStaircaseAct),}
+    "mxfp8-mxfp6-mxfp4": (DMXFloatStaircaseWeight, DMXFloatStaircaseAct),
+}
 
 
 def _linear(weight_quant=DMXFloatWeight, input_quant=DMXFloatAct, seed=0):
     torch.manual_seed(seed)
-    return qnn.QuantLinear(
-        64, 48, bias=True, weight_quant=weight_quant, input_quant=input_quant)
+    return qnn.QuantLinear(64, 48, bias=True, weight_quant=weight_quant, input_quant=input_quant)
 
 
 def _quants(layer):
@@ -88,7 +87,8 @@ def test_offset_gets_a_gradient_in_training():
         ("mxfp6-mxfp4", 1.1, "e2m3"),
         ("mxfp8-mxfp6-mxfp4", 0.4, "e2m1"),
         ("mxfp8-mxfp6-mxfp4", 1.0, "e3m2"),
-        ("mxfp8-mxfp6-mxfp4", 1.6, "e4m3"),],
+        ("mxfp8-mxfp6-mxfp4", 1.6, "e4m3"),
+    ],
 )
 def test_eval_mode_uses_the_discrete_format(ladder, raw, expected):
     layer = _linear(*PAIRS[ladder]).eval()
@@ -179,12 +179,15 @@ def test_fx_quantize_flow_on_a_hugging_face_module():
     graph_model = torch.fx.symbolic_trace(mlp)
     identity = (
         qnn.QuantIdentity, {
-            "act_quant": DMXFloatAct.let(group_dim=-1), "return_quant_tensor": False})
+            "act_quant": DMXFloatAct.let(group_dim=-1), "return_quant_tensor": False
+        })
     quant_model = quantize(
         graph_model,
         compute_layer_map=dmx_layer_map(DMXFloatWeight, DMXFloatAct),
         quant_act_map={},
-        quant_identity_map={"signed": identity, "unsigned": identity})
+        quant_identity_map={
+            "signed": identity, "unsigned": identity
+        })
     names = [name for name, _ in bd.dmx_layers(quant_model)]
     assert {"gate_proj", "up_proj", "down_proj"} <= set(names)
     x = torch.randn(2, 5, 64)

@@ -17,7 +17,6 @@ from brevitas_dmx.quant import DMXFloatWeight
 from brevitas_dmx.solver import budget_problem
 from brevitas_dmx.solver import DMXTrainer
 from brevitas_dmx.solver import NonFiniteLossError
-from brevitas_dmx.solver import project
 from brevitas_dmx.solver import project_model
 from brevitas_dmx.solver import retarget
 from brevitas_dmx.solver import ScalingPenalty
@@ -29,7 +28,11 @@ from brevitas_dmx.solver.projection import save_problem
 
 def _token_data(n=48, length=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 96, (n, length), generator=g)]
+    return [
+        {
+            "input_ids": ids, "labels": ids
+        } for ids in torch.randint(0, 96, (n, length), generator=g)
+    ]
 
 
 def _set_offsets(model, values):
@@ -111,8 +114,9 @@ def test_checkpoints_hold_only_the_offsets(tmp_path):
     checkpoint = tmp_path / "checkpoint-4"
     state = torch.load(checkpoint / "dmx_offsets.pt")
     assert len(state) == 14 and all(v.numel() == 1 for v in state.values())
-    assert not any(name.endswith((".safetensors", ".bin")) and "model" in name
-                   for name in os.listdir(checkpoint))
+    assert not any(
+        name.endswith((".safetensors", ".bin")) and "model" in name
+        for name in os.listdir(checkpoint))
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
@@ -138,8 +142,15 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     trainer.train()
     resumed = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     _spread_offsets(resumed, seed=7)  # whatever it starts from, the checkpoint wins
-    _train(resumed, args_dir, steps=6, lr=0.5, target=5.0, data=data, save_steps=3,
-           resume=str(args_dir / "checkpoint-3"))
+    _train(
+        resumed,
+        args_dir,
+        steps=6,
+        lr=0.5,
+        target=5.0,
+        data=data,
+        save_steps=3,
+        resume=str(args_dir / "checkpoint-3"))
     full_offsets = torch.stack([o.raw_offset.detach() for o in bd.dmx_offsets(full)])
     resumed_offsets = torch.stack([o.raw_offset.detach() for o in bd.dmx_offsets(resumed)])
     assert torch.allclose(full_offsets, resumed_offsets, atol=1e-6)
@@ -202,7 +213,9 @@ def test_retarget_from_a_run_directory_needs_no_model(tmp_path):
 def test_tied_layers_share_one_format():
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     groups = bd.tie_groups(model, "qkv-gateup")
-    assert len(groups) == 4 and ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"] in groups
+    assert len(groups) == 4 and [
+        "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"
+    ] in groups
     bd.tie_offsets(model, groups)
     assert len(bd.dmx_offsets(model)) == 14 - 4 - 2
     _spread_offsets(model)

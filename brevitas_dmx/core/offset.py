@@ -5,11 +5,10 @@
 import math
 from typing import Optional
 
+from brevitas import config
 import torch
 from torch import nn
 from torch import Tensor
-
-from brevitas import config
 
 from brevitas_dmx.formats import ladder as get_ladder
 

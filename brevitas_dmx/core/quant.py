@@ -5,13 +5,12 @@
 import math
 from typing import Optional, Tuple
 
-import torch
-from torch import nn
-from torch import Tensor
-
 from brevitas import config
 from brevitas.core.function_wrapper.shape import DynamicOverSubChannelBlockView
 from brevitas.core.utils import StatelessBuffer
+import torch
+from torch import nn
+from torch import Tensor
 
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import E8M0_SCALE_BITS

@@ -4,12 +4,11 @@
 
 from typing import Optional
 
-from torch import nn
-
 from brevitas.core.function_wrapper.misc import Identity
 from brevitas.proxy.groupwise_float_parameter_quant import \
     GroupwiseWeightFloatQuantProxyFromInjector
 from brevitas.proxy.groupwise_float_runtime_quant import GroupwiseActFloatQuantProxyFromInjector
+from torch import nn
 
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant

@@ -11,14 +11,13 @@ The weight and input quantizers of one layer share one learnable offset unless
 differ. ``dmx_scale_rule`` picks the shared-scale rule ("floor", OCP; or "nonclip").
 """
 
-from dependencies import value
-from torch import nn
-
 from brevitas.inject import ExtendedInjector
 from brevitas.quant.float_base import ScaledFloatActBase
 from brevitas.quant.float_base import ScaledFloatWeightBase
 from brevitas.quant.mx_quant_ocp import MXActMixin
 from brevitas.quant.mx_quant_ocp import MXWeightMixin
+from dependencies import value
+from torch import nn
 
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
@@ -38,7 +37,8 @@ __all__ = [
     "DMXFloat6Weight",
     "DMXFloat6Act",
     "DMXFloatStaircaseWeight",
-    "DMXFloatStaircaseAct",]
+    "DMXFloatStaircaseAct",
+]
 
 
 class DMXFloatQuantMixin(ExtendedInjector):
@@ -50,7 +50,11 @@ class DMXFloatQuantMixin(ExtendedInjector):
 
     @value
     def dmx_offset_impl(
-            dmx_ladder, dmx_share_offset, dmx_offset_init, module=None, proxy_module=None,
+            dmx_ladder,
+            dmx_share_offset,
+            dmx_offset_init,
+            module=None,
+            proxy_module=None,
             device=None):
         if dmx_share_offset and isinstance(module, nn.Module):
             shared = find_shared_offset(module, proxy_module, dmx_ladder)

@@ -8,9 +8,6 @@ same quantizers with Brevitas's element mixins. The ``NonClip`` variants use the
 maximum, built from Brevitas's own scaling modules.
 """
 
-import torch
-from torch import Tensor
-
 import brevitas
 from brevitas.core.restrict_val import FloatRestrictValue
 from brevitas.function.ops_ste import ceil_ste
@@ -22,6 +19,8 @@ from brevitas.quant.float_base import Fp6e3m2Mixin
 from brevitas.quant.float_base import Fp8e5m2Mixin
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Act
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
+import torch
+from torch import Tensor
 
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.functional import SCALE_RULES
@@ -86,13 +85,15 @@ _WEIGHT = {
     "e2m3": MXFloat6e2m3Weight,
     "e3m2": MXFloat6e3m2Weight,
     "e4m3": MXFloat8e4m3Weight,
-    "e5m2": MXFloat8e5m2Weight,}
+    "e5m2": MXFloat8e5m2Weight,
+}
 _ACT = {
     "e2m1": MXFloat4e2m1Act,
     "e2m3": MXFloat6e2m3Act,
     "e3m2": MXFloat6e3m2Act,
     "e4m3": MXFloat8e4m3Act,
-    "e5m2": MXFloat8e5m2Act,}
+    "e5m2": MXFloat8e5m2Act,
+}
 
 
 def fixed_mx_quantizer(fmt: str, role: str, scale_rule: str = "floor"):

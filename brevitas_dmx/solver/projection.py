@@ -60,8 +60,10 @@ class BudgetProblem:
     @classmethod
     def from_json(cls, data: Dict) -> "BudgetProblem":
         units = [
-            Unit(u["raw_offset"], u["ladder"], [Member(**m) for m in u["members"]])
-            for u in data["units"]]
+            Unit(u["raw_offset"], u["ladder"], [Member(**m)
+                                                for m in u["members"]])
+            for u in data["units"]
+        ]
         return cls(units, [Member(**m) for m in data["fixed"]])
 
 
@@ -125,8 +127,8 @@ def project(
     coefficients = dict(zip(map(id, members), _coefficients(members, weighting)))
     target = Fraction(target_bits).limit_denominator(10**6)
     if include_scale_bits:
-        target -= sum(coefficients[id(m)] * Fraction(E8M0_SCALE_BITS, m.group_size)
-                      for m in members)
+        target -= sum(
+            coefficients[id(m)] * Fraction(E8M0_SCALE_BITS, m.group_size) for m in members)
     ladders = [get_ladder(u.ladder) for u in problem.units]
     unit_weight = [sum(coefficients[id(m)] for m in u.members) for u in problem.units]
     levels = [0] * len(problem.units)
@@ -221,4 +223,5 @@ def retarget(
         "avg_bits": result.average,
         "target_bits": target_bits,
         "weighting": weighting,
-        "include_scale_bits": include_scale_bits}
+        "include_scale_bits": include_scale_bits
+    }

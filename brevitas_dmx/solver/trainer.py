@@ -35,8 +35,8 @@ def offsets_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The learnable offsets by parameter name (shared offsets under their first name)."""
     wanted = {id(o.raw_offset) for o in dmx_offsets(model)}
     return {
-        name: p.detach().cpu().clone()
-        for name, p in model.named_parameters() if id(p) in wanted}
+        name: p.detach().cpu().clone() for name, p in model.named_parameters() if id(p) in wanted
+    }
 
 
 def load_offsets(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
