@@ -53,6 +53,8 @@ class DMXFloatQuant(nn.Module):
         self.zero_point_impl = StatelessBuffer(torch.tensor(0.0, device=device))
         # (exponent_bits, mantissa_bits) of a pinned format; NaN while the format is learned.
         self.register_buffer("pinned_widths", torch.full((2,), math.nan, device=device))
+        # Host-side mirror of "pinned_widths is set": read every forward, so it must not sync.
+        self._pinned = False
         # Shape of the last tensor quantized, for size-weighted averages of activations.
         self.last_input_shape: Optional[Tuple[int, ...]] = None
         # Weight quantizers (set by their proxy) reuse their output in eval mode while neither
@@ -65,14 +67,16 @@ class DMXFloatQuant(nn.Module):
 
     @property
     def is_pinned(self) -> bool:
-        return not bool(torch.isnan(self.pinned_widths).any())
+        return self._pinned
 
     def pin(self, fmt: ElementFormat) -> None:
         self.pinned_widths.copy_(
             torch.tensor([fmt.exponent_bits, fmt.mantissa_bits], dtype=self.pinned_widths.dtype))
+        self._pinned = True
 
     def unpin(self) -> None:
         self.pinned_widths.fill_(math.nan)
+        self._pinned = False
 
     def widths(self) -> Tuple[Tensor, Tensor]:
         """(exponent_bits, mantissa_bits): continuous in training, discrete in eval or pinned."""
@@ -125,6 +129,7 @@ class DMXFloatQuant(nn.Module):
             error_msgs):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._pinned = not bool(torch.isnan(self.pinned_widths).any())
         key = prefix + "pinned_widths"
         if config.IGNORE_MISSING_KEYS and key in missing_keys:
             missing_keys.remove(key)
