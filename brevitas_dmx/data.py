@@ -32,12 +32,6 @@ class DataError(ValueError):
     """Bad data input, with a message that says what to change."""
 
 
-def describe_dataset(name: str) -> str:
-    if name in HUB_DATASETS:
-        return f"hub data set {name}"
-    return name
-
-
 def check_dataset_name(name: str) -> None:
     """Fails fast (before any model is loaded) on an unusable ``--dataset``."""
     if name in HUB_DATASETS or name == GENSIM_ENWIKI:

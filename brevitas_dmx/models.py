@@ -4,7 +4,6 @@
 
 import importlib.util
 import os
-from typing import Tuple
 
 import torch
 
@@ -83,7 +82,3 @@ def load_model(name: str, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model.config.use_cache = False
     return model.eval()
-
-
-def linear_layer_names(model) -> Tuple[str, ...]:
-    return tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import brevitas_dmx as dmx
+import brevitas_dmx.brevitas_plugin as plugin
 
 PLUGIN = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "brevitas_dmx_plugin.py")
 
@@ -21,13 +22,14 @@ def local_wikitext(monkeypatch):
     from brevitas_examples.llm.llm_quant import data_utils
 
     def load_raw_dataset(dataset_name, split, seed=0, **kwargs):
-        return datasets.Dataset.from_dict(
-            {"text": local_text(400, seed=hash(split) % 97).splitlines()})
+        lines = local_text(400, seed=len(split)).splitlines()
+        return datasets.Dataset.from_dict({"text": lines})
 
     monkeypatch.setattr(data_utils, "load_raw_dataset", load_raw_dataset)
 
 
-def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(tmp_path, local_wikitext):
+def _run_stock_brevitas(tmp_path, *flags, target="6", steps="4"):
+    """``brevitas_ptq_llm`` with the dMX quantizer and trainer plugins on a tiny local Llama."""
     from brevitas_examples.common.parse_utils import parse_args
     from brevitas_examples.llm.llm_args import create_args_parser
     from brevitas_examples.llm.main import quantize_llm
@@ -43,36 +45,56 @@ def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(tmp_path, local_
         "8",
         "--dtype",
         "float32",
+        *flags,
         "--custom-quantizer",
         f"{PLUGIN}:dmx",
         "--fine-tune",
         "--custom-trainer",
         f"{PLUGIN}:dmx",
         "--max_steps",
-        "4",
+        steps,
         "--per_device_train_batch_size",
         "4",
         "--dmx_target_bits",
-        "6",
+        target,
         "--output_dir",
         str(tmp_path / "train")
     ]
     args, extra_args = parse_args(create_args_parser(), argv)
-    captured = {}
-    import brevitas_dmx.brevitas_plugin as plugin
+    return quantize_llm(args, extra_args)
+
+
+@pytest.fixture
+def watched_training(monkeypatch):
+    """Records, around the dMX trainer's train(), whether offsets and rotations moved."""
+    from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
+    seen = {}
     original = plugin.BrevitasDMXTrainer.train
 
-    def train_and_capture(self, *a, **k):
-        out = original(self, *a, **k)
-        captured["model"] = self.model
+    def train_and_watch(self, *args, **kwargs):
+        rotations = extract_trainable_rotation_matrices(self.model)
+        rotations_before = [r.detach().clone() for r in rotations]
+        offsets = dmx.dmx_offsets(self.model)
+        offsets_before = [o.raw_offset.item() for o in offsets]
+        out = original(self, *args, **kwargs)
+        seen["model"] = self.model
+        seen["rotations_moved"] = any(
+            not torch.equal(b, r) for b, r in zip(rotations_before, rotations))
+        seen["offsets_moved"] = any(
+            o.raw_offset.item() != b for o, b in zip(offsets, offsets_before))
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+        seen["optimizers"] = len(getattr(inner, "optimizers", [inner]))
         return out
 
-    plugin.BrevitasDMXTrainer.train = train_and_capture
-    try:
-        quantize_llm(args, extra_args)
-    finally:
-        plugin.BrevitasDMXTrainer.train = original
-    model = captured["model"]
+    monkeypatch.setattr(plugin.BrevitasDMXTrainer, "train", train_and_watch)
+    return seen
+
+
+def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(
+        tmp_path, local_wikitext, watched_training):
+    _run_stock_brevitas(tmp_path)
+    model = watched_training["model"]
+    assert watched_training["offsets_moved"] and watched_training["optimizers"] == 1
     assert dmx.dmx_layers(model) == []  # finalized to fixed Brevitas MX quantizers
     fmap = dmx.format_map(model)
     assert len(fmap) == 14 and {e["weight"] for e in fmap.values()} <= {"e2m1", "e4m3"}
@@ -80,101 +102,22 @@ def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(tmp_path, local_
 
 
 def test_stock_path_composes_with_rotation_gptq_and_evaluation(tmp_path, local_wikitext):
-    from brevitas_examples.common.parse_utils import parse_args
-    from brevitas_examples.llm.llm_args import create_args_parser
-    from brevitas_examples.llm.main import quantize_llm
-    folder = save_tiny_llama_folder(tmp_path / "tiny")
-    argv = [
-        "--model",
-        folder,
-        "--dataset",
-        "wikitext2",
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "8",
-        "--dtype",
-        "float32",
-        "--rotation",
-        "fused_no_fx",
-        "--replace-rmsnorm",
-        "--gptq",
-        "--eval",
-        "--custom-quantizer",
-        f"{PLUGIN}:dmx",
-        "--fine-tune",
-        "--custom-trainer",
-        f"{PLUGIN}:dmx",
-        "--max_steps",
-        "3",
-        "--per_device_train_batch_size",
-        "4",
-        "--dmx_target_bits",
-        "5",
-        "--output_dir",
-        str(tmp_path / "train")
-    ]
-    args, extra_args = parse_args(create_args_parser(), argv)
-    results, model = quantize_llm(args, extra_args)
+    results, model = _run_stock_brevitas(
+        tmp_path, "--rotation", "fused_no_fx", "--replace-rmsnorm", "--gptq", "--eval",
+        target="5", steps="3")
     assert torch.isfinite(torch.tensor(results["quant_ppl"]))
     assert dmx.dmx_layers(model) == [] and len(dmx.format_map(model)) == 14
     assert dmx.bits_report(model)["simple"] <= 5.0
 
 
-def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, monkeypatch):
-    from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
-    from brevitas_examples.common.parse_utils import parse_args
-    from brevitas_examples.llm.llm_args import create_args_parser
-    from brevitas_examples.llm.main import quantize_llm
-
-    import brevitas_dmx.brevitas_plugin as plugin
-    seen = {}
-    original = plugin.BrevitasDMXTrainer.train
-
-    def train_and_watch(self, *a, **k):
-        rotations = extract_trainable_rotation_matrices(self.model)
-        before = [r.detach().clone() for r in rotations]
-        offsets = dmx.dmx_offsets(self.model)
-        offsets_before = [o.raw_offset.item() for o in offsets]
-        out = original(self, *a, **k)
-        seen["rotations_moved"] = any(not torch.equal(b, r) for b, r in zip(before, rotations))
-        seen["offsets_moved"] = any(
-            o.raw_offset.item() != b for o, b in zip(offsets, offsets_before))
-        seen["groups"] = len(getattr(self.optimizer, "optimizer", self.optimizer).optimizers)
-        return out
-
-    monkeypatch.setattr(plugin.BrevitasDMXTrainer, "train", train_and_watch)
-    folder = save_tiny_llama_folder(tmp_path / "tiny")
-    argv = [
-        "--model",
-        folder,
-        "--dataset",
-        "wikitext2",
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "8",
-        "--dtype",
-        "float32",
+def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, watched_training):
+    _run_stock_brevitas(
+        tmp_path,
         "--rotation",
         "fused_no_fx",
         "--replace-rmsnorm",
-        "--custom-quantizer",
-        f"{PLUGIN}:dmx",
-        "--fine-tune",
-        "--custom-trainer",
-        f"{PLUGIN}:dmx",
-        "--max_steps",
-        "3",
-        "--per_device_train_batch_size",
-        "4",
-        "--dmx_target_bits",
-        "6",
         "--dmx_learn_rotations",
         "true",
-        "--output_dir",
-        str(tmp_path / "train")
-    ]
-    args, extra_args = parse_args(create_args_parser(), argv)
-    quantize_llm(args, extra_args)
-    assert seen == {"rotations_moved": True, "offsets_moved": True, "groups": 2}
+        steps="3")
+    assert watched_training["rotations_moved"] and watched_training["offsets_moved"]
+    assert watched_training["optimizers"] == 2
