@@ -125,21 +125,23 @@ def project(
     """Chooses a discrete offset per unit so the average is at most ``target_bits``."""
     members = [m for u in problem.units for m in u.members] + list(problem.fixed)
     coefficients = dict(zip(map(id, members), _coefficients(members, weighting)))
-    target = Fraction(target_bits).limit_denominator(10**6)
+    scale_term = Fraction(0)
     if include_scale_bits:
-        target -= sum(
+        scale_term = sum(
             coefficients[id(m)] * Fraction(E8M0_SCALE_BITS, m.group_size) for m in members)
+    # The element-bit budget, exact: a decimal target such as 5.3 is taken as 53/10.
+    budget = Fraction(target_bits).limit_denominator(10**6) - scale_term
     ladders = [get_ladder(u.ladder) for u in problem.units]
     unit_weight = [sum(coefficients[id(m)] for m in u.members) for u in problem.units]
     levels = [0] * len(problem.units)
     average = sum(coefficients[id(m)] * m.fixed_bits for m in problem.fixed)
     average += sum(w * l.formats[0].bits for w, l in zip(unit_weight, ladders))
-    if average > target:
+    if average > budget:
         scale = " with scale bits" if include_scale_bits else ""
-        floor = float(average + (Fraction(target_bits) - target))
         raise ValueError(
             f"A {target_bits}-bit {weighting} average{scale} is below what this model can reach "
-            f"({floor:.4g} bits with every learnable layer at its cheapest format).")
+            f"({float(average + scale_term):.4g} bits with every learnable layer at its cheapest "
+            f"format).")
     upgrades = []
     for index, (unit, path) in enumerate(zip(problem.units, ladders)):
         betas = path.discrete_betas
@@ -152,12 +154,12 @@ def project(
             continue
         formats = ladders[index].formats
         extra = unit_weight[index] * (formats[level + 1].bits - formats[level].bits)
-        if average + extra <= target:
+        if average + extra <= budget:
             average += extra
             levels[index] = level + 1
     betas = [path.discrete_betas[level] for path, level in zip(ladders, levels)]
-    achieved = average + (Fraction(target_bits) - target)
-    return Projection(betas, float(achieved), float(target_bits), weighting, include_scale_bits)
+    return Projection(
+        betas, float(average + scale_term), float(target_bits), weighting, include_scale_bits)
 
 
 def project_model(
