@@ -15,6 +15,7 @@ from brevitas_dmx.model import clear_format_pins
 from brevitas_dmx.model import dmx_layers
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import finalize
+from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import mx_quantizers
 from brevitas_dmx.model import set_temperature

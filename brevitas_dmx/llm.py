@@ -23,6 +23,7 @@ from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
 from brevitas_dmx.data import HUB_DATASETS
 from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.model import WEIGHTINGS
 from brevitas_dmx.models import ModelError
@@ -305,7 +306,7 @@ def run_dmx(args) -> Dict:
     if not args.dmx_skip_baselines:
         for fmt in (ladder.formats[0], ladder.formats[-1]):
             dmx.apply_format_map(model, {name: fmt.name for name, _ in layers})
-            key = f"uniform_{fmt.mx_name}_{fmt.name}_ppl"
+            key = _uniform_key(fmt)
             metrics[key] = perplexity(model, windows, args.dmx_eval_batch_size, key)
             print(f"[dMX] uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {metrics[key]:.3f}")
         dmx.clear_format_pins(model)
@@ -352,13 +353,8 @@ def run_dmx(args) -> Dict:
     metrics["budget_binds"] = args.dmx_average + (
         " with scales" if args.dmx_budget_with_scales else " without scales")
     metrics["bits"] = report
-    counts: Dict[str, int] = {}
-    for entry in fmap.values():
-        counts[entry["weight"] or
-               entry["input"]] = counts.get(entry["weight"] or entry["input"], 0) + 1
-    metrics["format_counts"] = counts
-    low_key = f"uniform_{ladder.formats[0].mx_name}_{ladder.formats[0].name}_ppl"
-    high_key = f"uniform_{ladder.formats[-1].mx_name}_{ladder.formats[-1].name}_ppl"
+    metrics["format_counts"] = dmx.format_counts(fmap)
+    low_key, high_key = _uniform_key(ladder.formats[0]), _uniform_key(ladder.formats[-1])
     if low_key in metrics and metrics[low_key] != metrics[high_key]:
         metrics["gap_closed"] = (metrics[low_key]
                                  - metrics["quant_ppl"]) / (metrics[low_key] - metrics[high_key])
@@ -382,6 +378,11 @@ def run_dmx(args) -> Dict:
     return metrics
 
 
+def _uniform_key(fmt) -> str:
+    """metrics.json key of the uniform-format baseline, e.g. uniform_mxfp4_e2m1_ppl."""
+    return f"uniform_{fmt.mx_name}_{fmt.name}_ppl"
+
+
 def _summary(metrics: Dict) -> str:
     lines = [
         "| model | perplexity | avg bits | avg bits + scales |",
@@ -390,10 +391,10 @@ def _summary(metrics: Dict) -> str:
     ]
     for key, value in metrics.items():
         if key.startswith("uniform_"):
-            bits = 1 + int(key.split("_")[2][1]) + int(key.split("_")[2][3])
+            fmt = element_format(key.split("_")[2])
             lines.append(
-                f"| uniform {key.split('_')[1].upper()} ({key.split('_')[2]}) "
-                f"| {value:.3f} | {bits} | {bits + 0.25:g} |")
+                f"| uniform {fmt.mx_name.upper()} ({fmt.name}) "
+                f"| {value:.3f} | {fmt.bits} | {fmt.bits + 0.25:g} |")
     lines.append(
         f"| dMX ({metrics['average']}, target {metrics['target_bits']:g}) "
         f"| {metrics['quant_ppl']:.3f} | {metrics['avg_bits']:.3f} "

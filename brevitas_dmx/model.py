@@ -27,6 +27,8 @@ __all__ = [
     "average_bits",
     "bits_report",
     "format_map",
+    "format_counts",
+    "layer_format",
     "apply_format_map",
     "clear_format_pins",
     "finalize",
@@ -220,10 +222,22 @@ def format_map(model: nn.Module) -> Dict[str, Dict[str, Optional[Union[str, floa
         entry = {"weight": None, "input": None}
         for q in quants:
             entry[q.role] = q.discrete_format().name
-        first = entry["weight"] or entry["input"] or entry.get("output")
-        entry["bits"] = float(element_format(first).bits)
+        entry["bits"] = float(element_format(layer_format(entry)).bits)
         out[name] = entry
     return out
+
+
+def layer_format(entry: Mapping) -> str:
+    """A format-map entry's headline format: the weight's, else the input's (else output's)."""
+    return entry.get("weight") or entry.get("input") or entry.get("output")
+
+
+def format_counts(fmap: Mapping[str, Mapping]) -> Dict[str, int]:
+    """Number of layers per headline format of a format map."""
+    counts: Dict[str, int] = {}
+    for entry in fmap.values():
+        counts[layer_format(entry)] = counts.get(layer_format(entry), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _parse_format_entry(layer: str, value, roles: List[str], errors: List[str]) -> Dict[str, str]:

@@ -2,10 +2,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Annealing and logging as Hugging Face ``TrainerCallback``s."""
 
-from collections import Counter
-
 from transformers import TrainerCallback
 
+from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import set_temperature
 
@@ -60,6 +59,5 @@ class DMXLoggingCallback(TrainerCallback):
         if logs is None or model is None:
             return
         logs["temperature"] = self.schedule.temperature
-        counts = Counter(entry["weight"] or entry["input"] for entry in format_map(model).values())
-        for fmt, count in sorted(counts.items()):
+        for fmt, count in format_counts(format_map(model)).items():
             logs[f"layers_{fmt}"] = count

@@ -22,8 +22,10 @@ from typing import Dict, List, Optional, Union
 from torch import nn
 
 from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.model import format_map
+from brevitas_dmx.model import layer_format
 from brevitas_dmx.model import mx_quantizers
 from brevitas_dmx.model import WEIGHTINGS
 
@@ -186,8 +188,7 @@ def problem_format_map(problem: BudgetProblem, betas: List[int]) -> Dict[str, Di
         out.setdefault(member.layer, {"weight": None, "input": None})[member.role] = \
             member.fixed_format
     for entry in out.values():
-        first = entry["weight"] or entry["input"]
-        entry["bits"] = float(1 + int(first[1]) + int(first[3]))
+        entry["bits"] = float(element_format(layer_format(entry)).bits)
     return out
 
 
