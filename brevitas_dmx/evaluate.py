@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Perplexity on evaluation windows, and the per-layer report (table and plot)."""
 
+import functools
 import math
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -109,3 +110,52 @@ def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@functools.lru_cache(maxsize=4)
+def _task_index(include: Optional[str]):
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=include) if include else TaskManager()
+
+
+def task_manager(tasks: List[str], include: Optional[str] = None):
+    """lm-eval's task index (with a folder of local task YAMLs); unknown task names fail here,
+    before any model is loaded."""
+    manager = _task_index(include)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        where = f"lm-eval or {include}" if include else "lm-eval (local tasks: --dmx-eval-include)"
+        raise ValueError(f"unknown zero-shot tasks {unknown}: not in {where}")
+    return manager
+
+
+def zero_shot(
+        model,
+        tokenizer,
+        tasks: List[str],
+        include: Optional[str] = None,
+        limit: Optional[int] = None,
+        batch_size: int = 4) -> Dict[str, Dict[str, float]]:
+    """Zero-shot accuracy through lm-eval on the model's own device.
+
+    ``tasks`` are lm-eval task names; ``include`` a folder of task YAMLs for local tasks (for
+    offline data: ``dataset_path: json`` with ``data_files``). Returns ``{task: {"acc": ...,
+    "acc_norm": ..., "n": items}}`` (acc_norm where the task reports it)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    manager = task_manager(tasks, include)
+    was_training = model.training
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    output = simple_evaluate(
+        model=lm, tasks=tasks, limit=limit, task_manager=manager, log_samples=False)
+    model.train(was_training)
+    results = {}
+    for task in tasks:
+        row = output["results"][task]
+        entry = {"acc": float(row["acc,none"])}
+        if "acc_norm,none" in row:
+            entry["acc_norm"] = float(row["acc_norm,none"])
+        entry["n"] = int(output["n-samples"][task]["effective"])
+        results[task] = entry
+    return results

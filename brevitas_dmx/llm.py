@@ -19,12 +19,14 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from brevitas_dmx.baselines import METHODS
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
 from brevitas_dmx.data import HUB_DATASETS
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.model import ROUNDINGS
 from brevitas_dmx.model import WEIGHTINGS
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
@@ -66,10 +68,44 @@ def build_parser():
     group = parser.add_argument_group("dMX: learned mixed-precision MX formats")
     group.add_argument("--dmx", action="store_true", help="Enable dMX.")
     group.add_argument(
+        "--dmx-method",
+        choices=METHODS,
+        default="dmx",
+        help="dmx (learned), the baselines kl (per-layer KL, greedy), fisher (gradient "
+        "sensitivity, exact knapsack), uniform (--dmx-format everywhere), mlp8 (MLP layers in the "
+        "ladder's high format, attention in the low one), or float (no quantization).")
+    group.add_argument(
         "--dmx-target-bits",
         type=float,
         default=None,
-        help="Bit budget: the average bits per element the result may not exceed (required).")
+        help="Bit budget: the average bits per element the result may not exceed (required for "
+        "dmx, kl and fisher; a check for the others).")
+    group.add_argument(
+        "--dmx-format",
+        default=None,
+        help="The element format of --dmx-method uniform: e2m1 (mxfp4), e2m3 / e3m2 (MXFP6), "
+        "e4m3 (mxfp8), e5m2.")
+    group.add_argument(
+        "--dmx-format-map",
+        default=None,
+        help="A JSON format map ({layer: format} or a run's format_map.json) to apply instead "
+        "of learning one: pins formats by hand.")
+    group.add_argument(
+        "--dmx-rounding",
+        choices=ROUNDINGS,
+        default="anneal",
+        help="anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
+        "beta (ablation).")
+    group.add_argument(
+        "--dmx-sensitivity-samples",
+        type=int,
+        default=8,
+        help="Calibration samples the kl and fisher baselines score layers on (8).")
+    group.add_argument(
+        "--dmx-sensitivity-cache",
+        default=None,
+        help="JSON file that keeps kl / fisher layer scores: reused when the model, data and "
+        "settings match (a sweep scores once).")
     group.add_argument("--dmx-ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
     group.add_argument("--dmx-lambda", type=float, default=5.0, help="Penalty weight (5).")
     group.add_argument(
@@ -113,6 +149,23 @@ def build_parser():
         default=0.4,
         help="Share of the text (by characters, at its end) held out (0.4).")
     group.add_argument("--dmx-eval-batch-size", type=int, default=4)
+    group.add_argument(
+        "--dmx-eval-tasks",
+        default=None,
+        help="Comma-separated lm-eval tasks for zero-shot accuracy (e.g. arc_easy,winogrande).")
+    group.add_argument(
+        "--dmx-eval-include",
+        default=None,
+        help="A folder of lm-eval task YAMLs (local tasks), passed to lm-eval's include path.")
+    group.add_argument(
+        "--dmx-eval-limit", type=int, default=None, help="At most this many items per task.")
+    group.add_argument(
+        "--dmx-results",
+        default=None,
+        help="JSON-lines file each run appends its results to (default: results.jsonl in "
+        "--dmx-output).")
+    group.add_argument(
+        "--dmx-label", default=None, help="A label for this run in the results file.")
     group.add_argument(
         "--dmx-skip-baselines",
         action="store_true",
@@ -158,15 +211,53 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     ladder = LADDERS[args.dmx_ladder]
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
-    if args.dmx_target_bits is None:
+    method = args.dmx_method
+    if args.dmx_format_map is not None:
+        if method != "dmx":
+            raise UsageError(
+                f"--dmx-format-map applies a map by itself: drop --dmx-method {method}")
+        if not os.path.isfile(args.dmx_format_map):
+            raise UsageError(f"--dmx-format-map {args.dmx_format_map!r}: no such file")
+        method = "map"
+    if method == "uniform":
+        if args.dmx_format is None:
+            raise UsageError("--dmx-method uniform needs --dmx-format (e.g. mxfp4, e2m3, mxfp8)")
+        try:
+            element_format(args.dmx_format)
+        except ValueError as err:
+            raise UsageError(f"--dmx-format: {err}") from None
+    elif args.dmx_format is not None:
+        raise UsageError("--dmx-format is the format of --dmx-method uniform only")
+    if method in ("dmx", "kl", "fisher") and args.dmx_target_bits is None:
         raise UsageError(
-            f"--dmx needs --dmx-target-bits, between {low:g} and {high:g} for "
+            f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
             f"--dmx-ladder {ladder.name}")
-    if not low <= args.dmx_target_bits <= high:
+    if method in ("dmx", "kl", "fisher") and not low <= args.dmx_target_bits <= high:
         raise UsageError(
             f"--dmx-target-bits {args.dmx_target_bits:g} is outside what --dmx-ladder "
             f"{ladder.name} can reach: {low:g} to {high:g} bits"
             + (" (with scale bits)" if scale else ""))
+    if method == "uniform" and args.dmx_target_bits is not None:
+        bits = element_format(args.dmx_format).bits + scale
+        if bits > args.dmx_target_bits:
+            raise UsageError(
+                f"--dmx-format {args.dmx_format} needs {bits:g} bits, over --dmx-target-bits "
+                f"{args.dmx_target_bits:g}")
+    if args.dmx_eval_include is not None and not os.path.isdir(args.dmx_eval_include):
+        raise UsageError(f"--dmx-eval-include {args.dmx_eval_include!r}: no such folder")
+    if args.dmx_eval_include is not None and args.dmx_eval_tasks is None:
+        raise UsageError("--dmx-eval-include needs --dmx-eval-tasks (the task names to run)")
+    if args.dmx_eval_tasks is not None:
+        from brevitas_dmx.evaluate import task_manager
+        try:
+            task_manager(_eval_tasks(args), args.dmx_eval_include)
+        except ValueError as err:
+            raise UsageError(f"--dmx-eval-tasks: {err}") from None
+    if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
+        raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
+    if args.dmx_sensitivity_samples < 1:
+        raise UsageError(
+            f"--dmx-sensitivity-samples must be positive, got {args.dmx_sensitivity_samples}")
     positive = {
         "dmx_steps": args.dmx_steps,
         "dmx_batch_size": args.dmx_batch_size,
@@ -194,6 +285,10 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             f"wikitext2, enwiki-gensim or a local .txt / .jsonl file")
     check_dataset_name(args.dataset)
     resolve_model_path(args.model)
+
+
+def _eval_tasks(args) -> List[str]:
+    return [t.strip() for t in args.dmx_eval_tasks.split(",") if t.strip()]
 
 
 def _seed_everything(seed: int) -> None:
@@ -239,28 +334,122 @@ def _peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run_dmx(args) -> Dict:
-    """The whole dMX job. Returns the metrics it also writes to ``--dmx-output``."""
-    from brevitas.graph.quantize import layerwise_quantize
+def _method(args) -> str:
+    return "map" if args.dmx_format_map is not None else args.dmx_method
+
+
+def _sensitivity(args, model, calib, method: str) -> Dict[str, List[float]]:
+    """Layer scores of the kl / fisher baselines on the float model, from the cache if it holds
+    scores for the same model, data and settings."""
+    from brevitas_dmx.baselines import fisher_sensitivity
+    from brevitas_dmx.baselines import kl_sensitivity
+    from brevitas_dmx.baselines import linear_layers
+    ladder = LADDERS[args.dmx_ladder]
+    key = json.dumps(
+        {
+            "method": method,
+            "model": args.model,
+            "dataset": args.dataset,
+            "seqlen": args.seqlen,
+            "samples": args.dmx_sensitivity_samples,
+            "seed": args.seed,
+            "formats": [f.name for f in ladder.formats],
+            "weights_only": args.dmx_weights_only,
+            "scale_rule": args.dmx_scale_rule,
+            "quantize_last_layer": args.quantize_last_layer
+        },
+        sort_keys=True)
+    cache = {}
+    if args.dmx_sensitivity_cache and os.path.isfile(args.dmx_sensitivity_cache):
+        with open(args.dmx_sensitivity_cache) as f:
+            cache = json.load(f)
+        if key in cache:
+            print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
+            return cache[key]
+    exclude = () if args.quantize_last_layer else ("lm_head",)
+    score = kl_sensitivity if method == "kl" else fisher_sensitivity
+    scores = score(
+        model,
+        calib[:args.dmx_sensitivity_samples], [f.name for f in ladder.formats],
+        layers=linear_layers(model, exclude),
+        weights_only=args.dmx_weights_only,
+        scale_rule=args.dmx_scale_rule)
+    if args.dmx_sensitivity_cache:
+        cache[key] = scores
+        with open(args.dmx_sensitivity_cache, "w") as f:
+            json.dump(cache, f)
+    return scores
+
+
+def _preset_map(args, layer_names: List[str]) -> Dict:
+    """The format map of the methods that do not search: uniform, mlp8, a map file."""
+    from brevitas_dmx.baselines import mlp_high_map
+    method = _method(args)
+    ladder = LADDERS[args.dmx_ladder]
+    if method == "uniform":
+        return {name: element_format(args.dmx_format).name for name in layer_names}
+    if method == "mlp8":
+        return mlp_high_map(layer_names, ladder.formats[0].name, ladder.formats[-1].name)
+    with open(args.dmx_format_map) as f:
+        return json.load(f)
+
+
+def _train(args, model, calib, out_dir, weighting_kwargs) -> None:
+    """dMX proper: trains the offsets under the budget penalty (resumable)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    import brevitas_dmx as dmx
-    from brevitas_dmx.data import calibration_samples
-    from brevitas_dmx.data import evaluation_windows
-    from brevitas_dmx.evaluate import format_table
-    from brevitas_dmx.evaluate import perplexity
-    from brevitas_dmx.evaluate import plot_bits
-    from brevitas_dmx.models import load_model
-    from brevitas_dmx.models import load_tokenizer
+    from brevitas_dmx.model import set_rounding
     from brevitas_dmx.solver import DMXTrainer
-    from brevitas_dmx.solver import project_model
     from brevitas_dmx.solver import ScalingPenalty
     from brevitas_dmx.solver import TargetAwarePenalty
     from brevitas_dmx.solver import training_arguments
     from brevitas_dmx.solver.projection import budget_problem
     from brevitas_dmx.solver.projection import save_problem
     from brevitas_dmx.solver.trainer import offsets_state_dict
+    if args.dmx_regularizer == "target":
+        regularizer = TargetAwarePenalty(args.dmx_target_bits, args.dmx_lambda, **weighting_kwargs)
+    else:
+        regularizer = ScalingPenalty(args.dmx_lambda, **weighting_kwargs)
+    set_rounding(model, args.dmx_rounding)
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    training_args = training_arguments(
+        checkpoints, args.dmx_steps, args.dmx_batch_size, args.dmx_lr, args.seed)
+    trainer = DMXTrainer(
+        model,
+        training_args,
+        regularizer,
+        optimizer_name=args.dmx_optimizer,
+        temp_start=args.dmx_temp_start,
+        temp_end=args.dmx_temp_end,
+        temp_delay=args.dmx_temp_delay,
+        train_dataset=calib)
+    resume = get_last_checkpoint(
+        checkpoints) if args.dmx_resume and os.path.isdir(checkpoints) else None
+    if resume:
+        print(f"[dMX] resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    torch.save(offsets_state_dict(model), os.path.join(out_dir, "dmx_offsets.pt"))
+    save_problem(budget_problem(model), out_dir)
 
+
+def run_dmx(args) -> Dict:
+    """The whole job of one method. Returns the metrics it also writes to ``--dmx-output``."""
+    from brevitas.graph.quantize import layerwise_quantize
+
+    import brevitas_dmx as dmx
+    from brevitas_dmx.baselines import unit_scores
+    from brevitas_dmx.data import calibration_samples
+    from brevitas_dmx.data import evaluation_windows
+    from brevitas_dmx.evaluate import perplexity
+    from brevitas_dmx.models import load_model
+    from brevitas_dmx.models import load_tokenizer
+    from brevitas_dmx.solver import project_model
+    from brevitas_dmx.solver.projection import assign_projection
+    from brevitas_dmx.solver.projection import budget_problem
+    from brevitas_dmx.solver.projection import project_scores
+
+    started = time.perf_counter()
+    method = _method(args)
     out_dir = args.dmx_resume or args.dmx_output
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "args.json"), "w") as f:
@@ -283,6 +472,7 @@ def run_dmx(args) -> Dict:
         "model": args.model,
         "dataset": args.dataset,
         "seqlen": args.seqlen,
+        "method": method if method != "map" else f"map:{args.dmx_format_map}",
         "target_bits": args.dmx_target_bits,
         "ladder": args.dmx_ladder,
         "average": args.dmx_average,
@@ -290,6 +480,15 @@ def run_dmx(args) -> Dict:
     }
     metrics["float_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, "float ppl")
     print(f"[dMX] float perplexity {metrics['float_ppl']:.3f}")
+    if method == "float":
+        metrics["quant_ppl"] = metrics["float_ppl"]
+        metrics["search_time_s"] = 0.0
+        _zero_shot(args, model, tokenizer, metrics)
+        return _finish(args, model, tokenizer, metrics, None, out_dir, started, device)
+
+    search_start = time.perf_counter()
+    scores = _sensitivity(args, model, calib, method) if method in ("kl", "fisher") else None
+    search_time = time.perf_counter() - search_start
 
     blacklist = [] if args.quantize_last_layer else ["lm_head"]
     model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist)
@@ -303,7 +502,7 @@ def run_dmx(args) -> Dict:
         f"{len(dmx.dmx_offsets(model))} offsets")
 
     ladder = LADDERS[args.dmx_ladder]
-    if not args.dmx_skip_baselines:
+    if method == "dmx" and not args.dmx_skip_baselines:
         for fmt in (ladder.formats[0], ladder.formats[-1]):
             dmx.apply_format_map(model, {name: fmt.name for name, _ in layers})
             key = _uniform_key(fmt)
@@ -313,69 +512,129 @@ def run_dmx(args) -> Dict:
 
     weighting_kwargs = dict(
         weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
-    if args.dmx_regularizer == "target":
-        regularizer = TargetAwarePenalty(args.dmx_target_bits, args.dmx_lambda, **weighting_kwargs)
+    search_start = time.perf_counter()
+    if method == "dmx":
+        _train(args, model, calib, out_dir, weighting_kwargs)
+        metrics["train_time_s"] = time.perf_counter() - search_start
+        metrics["train_steps"] = args.dmx_steps
+        model.eval()
+        metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
+        projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)
+    elif method in ("kl", "fisher"):
+        problem = budget_problem(model)
+        solver = "greedy" if method == "kl" else "knapsack"
+        projection = project_scores(
+            problem,
+            unit_scores(problem, scores),
+            args.dmx_target_bits,
+            solver=solver,
+            **weighting_kwargs)
+        assign_projection(model, projection)
     else:
-        regularizer = ScalingPenalty(args.dmx_lambda, **weighting_kwargs)
-    checkpoints = os.path.join(out_dir, "checkpoints")
-    training_args = training_arguments(
-        checkpoints, args.dmx_steps, args.dmx_batch_size, args.dmx_lr, args.seed)
-    trainer = DMXTrainer(
-        model,
-        training_args,
-        regularizer,
-        optimizer_name=args.dmx_optimizer,
-        temp_start=args.dmx_temp_start,
-        temp_end=args.dmx_temp_end,
-        temp_delay=args.dmx_temp_delay,
-        train_dataset=calib)
-    resume = get_last_checkpoint(
-        checkpoints) if args.dmx_resume and os.path.isdir(checkpoints) else None
-    if resume:
-        print(f"[dMX] resuming from {resume}")
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    metrics["train_time_s"] = time.perf_counter() - start
-    metrics["train_steps"] = args.dmx_steps
-
-    torch.save(offsets_state_dict(model), os.path.join(out_dir, "dmx_offsets.pt"))
-    save_problem(budget_problem(model), out_dir)
+        dmx.apply_format_map(model, _preset_map(args, [name for name, _ in layers]))
+        projection = None
+    search_time += time.perf_counter() - search_start
+    metrics["search_time_s"] = search_time
+    # Evaluated with the learnable quantizers on their discrete formats: bit-identical to the
+    # finalized model (checked below) and faster, as they quantize each frozen weight only once.
     model.eval()
-    learned = dmx.bits_report(model)
-    metrics["learned_avg_bits"] = learned[args.dmx_average]
-    projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)
-    dmx.finalize(model)
-    metrics["quant_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, "dMX ppl")
+    metrics["quant_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, f"{method} ppl")
+    _zero_shot(args, model, tokenizer, metrics)
+    with torch.no_grad():
+        reference = model(input_ids=windows[:1].to(device)).logits
+        dmx.finalize(model)
+        if not torch.equal(model(input_ids=windows[:1].to(device)).logits, reference):
+            raise RuntimeError("the finalized model's logits differ from the evaluated ones")
     report = dmx.bits_report(model)
-    fmap = dmx.format_map(model)
-    metrics["avg_bits"] = report[args.dmx_average]
-    metrics["avg_bits_with_scales"] = report[args.dmx_average + "_with_scales"]
-    metrics["budget_binds"] = args.dmx_average + (
-        " with scales" if args.dmx_budget_with_scales else " without scales")
-    metrics["bits"] = report
-    metrics["format_counts"] = dmx.format_counts(fmap)
+    if args.dmx_target_bits is not None:
+        achieved = report[args.dmx_average +
+                          ("_with_scales" if args.dmx_budget_with_scales else "")]
+        if achieved > args.dmx_target_bits + 1e-9:
+            raise UsageError(
+                f"the {method} formats take {achieved:.4g} bits ({metrics['average']} average), "
+                f"over --dmx-target-bits {args.dmx_target_bits:g}")
+    if projection is not None:
+        assert projection.average <= args.dmx_target_bits + 1e-9
+    return _finish(args, model, tokenizer, metrics, report, out_dir, started, device)
+
+
+def _zero_shot(args, model, tokenizer, metrics) -> None:
+    from brevitas_dmx.evaluate import zero_shot
+    if args.dmx_eval_tasks:
+        eval_start = time.perf_counter()
+        metrics["accuracy"] = zero_shot(
+            model,
+            tokenizer,
+            _eval_tasks(args),
+            include=args.dmx_eval_include,
+            limit=args.dmx_eval_limit,
+            batch_size=args.dmx_eval_batch_size)
+        metrics["zero_shot_time_s"] = time.perf_counter() - eval_start
+
+
+def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -> Dict:
+    """Bits, zero-shot accuracy, the output files and the results line."""
+    import brevitas_dmx as dmx
+    from brevitas_dmx.evaluate import format_table
+    from brevitas_dmx.evaluate import plot_bits
+    ladder = LADDERS[args.dmx_ladder]
+    fmap = None
+    if report is not None:
+        fmap = dmx.format_map(model)
+        metrics["avg_bits"] = report[args.dmx_average]
+        metrics["avg_bits_with_scales"] = report[args.dmx_average + "_with_scales"]
+        metrics["budget_binds"] = args.dmx_average + (
+            " with scales" if args.dmx_budget_with_scales else " without scales")
+        metrics["bits"] = report
+        metrics["format_counts"] = dmx.format_counts(fmap)
     low_key, high_key = _uniform_key(ladder.formats[0]), _uniform_key(ladder.formats[-1])
     if low_key in metrics and metrics[low_key] != metrics[high_key]:
         metrics["gap_closed"] = (metrics[low_key]
                                  - metrics["quant_ppl"]) / (metrics[low_key] - metrics[high_key])
     metrics["peak_mem_bytes"] = _peak_memory_bytes(device)
     metrics["device"] = str(device)
-    assert projection.average <= args.dmx_target_bits + 1e-9
+    metrics["total_time_s"] = time.perf_counter() - started
 
-    with open(os.path.join(out_dir, "format_map.json"), "w") as f:
-        json.dump(fmap, f, indent=1)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    plot_bits(
-        fmap,
-        os.path.join(out_dir, "bits_per_layer.png"),
-        f"{args.model}: dMX at {args.dmx_target_bits:g} bits ({args.dmx_average})")
-    print(format_table(fmap))
+    written = ["metrics.json"]
+    if fmap is not None:
+        with open(os.path.join(out_dir, "format_map.json"), "w") as f:
+            json.dump(fmap, f, indent=1)
+        target = f" at {args.dmx_target_bits:g} bits" if args.dmx_target_bits else ""
+        plot_bits(
+            fmap,
+            os.path.join(out_dir, "bits_per_layer.png"),
+            f"{args.model}: {metrics['method']}{target} ({args.dmx_average})")
+        print(format_table(fmap))
+        written += ["format_map.json", "bits_per_layer.png"]
+    results = args.dmx_results or os.path.join(out_dir, "results.jsonl")
+    append_result(results, metrics, args)
     print(_summary(metrics))
-    print(
-        f"[dMX] wrote {out_dir}: format_map.json, metrics.json, bits_per_layer.png, "
-        f"dmx_offsets.pt, budget_units.json, checkpoints/")
+    print(f"[dMX] wrote {out_dir}: {', '.join(written)}; appended to {results}")
     return metrics
+
+
+def append_result(path: str, metrics: Dict, args) -> None:
+    """One JSON line per run: what a sweep needs to draw its table and plot."""
+    record = {
+        key: metrics.get(key) for key in (
+            "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
+            "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
+            "search_time_s", "zero_shot_time_s", "total_time_s", "device")
+    }
+    record.update(
+        label=args.dmx_label,
+        seqlen=args.seqlen,
+        nsamples=args.nsamples,
+        steps=args.dmx_steps if metrics["method"] == "dmx" else None,
+        regularizer=args.dmx_regularizer,
+        rounding=args.dmx_rounding,
+        output=os.path.abspath(args.dmx_resume or args.dmx_output),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _uniform_key(fmt) -> str:
@@ -395,17 +654,22 @@ def _summary(metrics: Dict) -> str:
             lines.append(
                 f"| uniform {fmt.mx_name.upper()} ({fmt.name}) "
                 f"| {value:.3f} | {fmt.bits} | {fmt.bits + 0.25:g} |")
-    lines.append(
-        f"| dMX ({metrics['average']}, target {metrics['target_bits']:g}) "
-        f"| {metrics['quant_ppl']:.3f} | {metrics['avg_bits']:.3f} "
-        f"| {metrics['avg_bits_with_scales']:.3f} |")
+    if "avg_bits" in metrics:
+        target = metrics["target_bits"]
+        label = f"{metrics['method']} ({metrics['average']}" + (
+            f", target {target:g})" if target is not None else ")")
+        lines.append(
+            f"| {label} | {metrics['quant_ppl']:.3f} | {metrics['avg_bits']:.3f} "
+            f"| {metrics['avg_bits_with_scales']:.3f} |")
     if "gap_closed" in metrics:
         lines.append(
             f"\nShare of the low->high format perplexity gap closed: "
             f"{100 * metrics['gap_closed']:.1f} %")
+    for task, value in (metrics.get("accuracy") or {}).items():
+        lines.append(f"Zero-shot {task}: accuracy {value['acc']:.4f}")
     lines.append(
-        f"Training time {metrics['train_time_s']:.1f} s, peak memory "
-        f"{metrics['peak_mem_bytes'] / 2**30:.2f} GiB")
+        f"Search time {metrics['search_time_s']:.1f} s, total {metrics['total_time_s']:.1f} s, "
+        f"peak memory {metrics['peak_mem_bytes'] / 2**30:.2f} GiB")
     return "\n".join(lines)
 
 

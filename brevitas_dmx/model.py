@@ -24,6 +24,7 @@ __all__ = [
     "dmx_layers",
     "dmx_offsets",
     "set_temperature",
+    "set_rounding",
     "average_bits",
     "bits_report",
     "format_map",
@@ -146,6 +147,18 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
     """Sets the annealing temperature T of every learnable offset."""
     for offset in dmx_offsets(model):
         offset.temperature.fill_(float(temperature))
+
+
+ROUNDINGS = ("anneal", "ste")
+
+
+def set_rounding(model: nn.Module, rounding: str) -> None:
+    """How training maps raw offsets to formats: "anneal" (the tempered F of the method) or
+    "ste" (straight-through rounding, the ablation the paper reports diverging)."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"Unknown rounding {rounding!r}; choose one of {ROUNDINGS}.")
+    for offset in dmx_offsets(model):
+        offset.rounding = rounding
 
 
 def _check_weighting(weighting: str) -> None:

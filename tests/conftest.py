@@ -116,3 +116,54 @@ def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0) -> str:
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return str(path)
+
+
+def write_tiny_task(folder) -> str:
+    """A four-choice lm-eval task (``tiny_mc``) over made-up items, as a local task YAML."""
+    import json
+    import os
+    os.makedirs(folder, exist_ok=True)
+    data = os.path.join(folder, "tiny_mc.jsonl")
+    with open(data, "w") as f:
+        for i, word in enumerate(WORDS[:8]):
+            item = {
+                "question": f"the {word} and the",
+                "choices": ["quick fox", "lazy dog", "seven birds", "long rivers"],
+                "label": i % 4
+            }
+            f.write(json.dumps(item) + "\n")
+    with open(os.path.join(folder, "tiny_mc.yaml"), "w") as f:
+        f.write(
+            "task: tiny_mc\n"
+            "dataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+            "test_split: test\n"
+            "output_type: multiple_choice\n"
+            'doc_to_text: "{{question}}"\n'
+            'doc_to_choice: "{{choices}}"\n'
+            "doc_to_target: label\n"
+            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text(local_text(600))
+    return str(path)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Bad input must fail before any model weights are loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    from brevitas_dmx import models
+    monkeypatch.setattr(models, "load_model", refuse)

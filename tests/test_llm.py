@@ -5,24 +5,9 @@
 import json
 import os
 
-from conftest import local_text
-from conftest import save_tiny_llama_folder
 import pytest
 
 from brevitas_dmx import llm
-from brevitas_dmx import models
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "text.txt"
-    path.write_text(local_text(600))
-    return str(path)
 
 
 def _argv(model, data, out, *extra):
@@ -107,16 +92,6 @@ def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
     assert metrics["budget_binds"] == "memory with scales"
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Bad input must fail before any model weights are loaded."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-
-
 @pytest.mark.parametrize(
     "change,message",
     [
@@ -174,7 +149,7 @@ def test_dmx_flags_without_dmx_are_refused(tiny_folder, capsys, no_model_loading
 def test_target_is_required(tiny_folder, text_file, capsys, no_model_loading):
     argv = ["--model", tiny_folder, "--dataset", text_file, "--dmx"]
     assert llm.main(argv) == 2
-    assert "--dmx needs --dmx-target-bits, between 4 and 8" in capsys.readouterr().err
+    assert "--dmx-method dmx needs --dmx-target-bits, between 4 and 8" in capsys.readouterr().err
 
 
 def test_brevitas_flags_that_do_not_compose_yet_are_refused_up_front(

@@ -223,3 +223,28 @@ def test_tied_layers_share_one_format():
     fmap = bd.format_map(model)
     for group in groups:
         assert len({fmap[name]["weight"] for name in group}) == 1
+
+
+@pytest.mark.parametrize("raw,beta", [(1.3, 2.0), (0.7, 0.0), (-0.5, 0.0), (2.6, 2.0)])
+def test_straight_through_rounding_is_discrete_forward(raw, beta, ignore_missing_keys):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    bd.set_rounding(model, "ste")
+    offset = bd.dmx_offsets(model)[0]
+    offset.raw_offset.data.fill_(raw)
+    offset.train()
+    assert float(offset()) == beta
+
+
+def test_straight_through_rounding_passes_the_gradient_inside_the_ladder(ignore_missing_keys):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    bd.set_rounding(model, "ste")
+    offset = bd.dmx_offsets(model)[0]
+    offset.raw_offset.data.fill_(0.8)
+    offset.train()
+    offset().backward()
+    assert float(offset.raw_offset.grad) == 1.0
+
+
+def test_unknown_rounding_is_refused(ignore_missing_keys):
+    with pytest.raises(ValueError, match="Unknown rounding"):
+        bd.set_rounding(quantize_tiny_llama(DMXFloatWeight, DMXFloatAct), "stochastic")

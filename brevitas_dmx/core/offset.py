@@ -25,6 +25,13 @@ def tempered_offset(raw: Tensor, temperature: Tensor, span: int, kind: str, shar
     return torch.sigmoid(sharpness * temperature * (raw - steps)).sum()
 
 
+def straight_through_offset(raw: Tensor, span: int, kind: str) -> Tensor:
+    """beta rounded to the ladder's discrete offsets in the forward pass, identity gradient (an
+    ablation: the paper reports that training with it diverges)."""
+    continuous = raw.clamp(0, span)
+    return continuous + (discrete_offset(raw, span, kind) - continuous).detach()
+
+
 def discrete_offset(raw: Tensor, span: int, kind: str) -> Tensor:
     """The hardware format the raw offset stands for: the limit of F for T -> infinity."""
     if kind == "sigmoid":
@@ -51,6 +58,8 @@ class DMXOffset(nn.Module):
         super().__init__()
         self.ladder = get_ladder(ladder)
         self.sharpness = float(sharpness)
+        # "anneal": the tempered F(raw, T); "ste": straight-through rounding (ablation).
+        self.rounding = "anneal"
         self.raw_offset = nn.Parameter(torch.tensor(float(init), device=device))
         self.register_buffer(
             "temperature", torch.tensor(float(temperature), device=device), persistent=False)
@@ -61,6 +70,8 @@ class DMXOffset(nn.Module):
         return f"ladder={self.ladder.name}, sharpness={self.sharpness}"
 
     def forward(self) -> Tensor:
+        if self.training and self.rounding == "ste":
+            return straight_through_offset(self.raw_offset, self.ladder.span, self.ladder.kind)
         if self.training:
             return tempered_offset(
                 self.raw_offset,

@@ -119,12 +119,24 @@ def _coefficients(members: List[Member], weighting: str) -> List[Fraction]:
     return [Fraction(s, total) for s in sizes]
 
 
-def project(
-        problem: BudgetProblem,
-        target_bits: float,
-        weighting: str = "simple",
-        include_scale_bits: bool = False) -> Projection:
-    """Chooses a discrete offset per unit so the average is at most ``target_bits``."""
+@dataclass
+class _Budget:
+    """The exact rational budget of a problem: what each unit's levels cost."""
+    budget: Fraction  # element bits available (the target less the scale-bit term)
+    scale_term: Fraction
+    ladders: list
+    unit_weight: List[Fraction]  # each unit's share of the average
+    base: Fraction  # the average with every unit at its cheapest format
+
+    def extra(self, index: int, level: int) -> Fraction:
+        """What moving unit ``index`` from its cheapest format to ``level`` adds to the average."""
+        formats = self.ladders[index].formats
+        return self.unit_weight[index] * (formats[level].bits - formats[0].bits)
+
+
+def _budget(
+        problem: BudgetProblem, target_bits: float, weighting: str,
+        include_scale_bits: bool) -> _Budget:
     members = [m for u in problem.units for m in u.members] + list(problem.fixed)
     coefficients = dict(zip(map(id, members), _coefficients(members, weighting)))
     scale_term = Fraction(0)
@@ -135,33 +147,141 @@ def project(
     budget = Fraction(target_bits).limit_denominator(10**6) - scale_term
     ladders = [get_ladder(u.ladder) for u in problem.units]
     unit_weight = [sum(coefficients[id(m)] for m in u.members) for u in problem.units]
-    levels = [0] * len(problem.units)
-    average = sum(coefficients[id(m)] * m.fixed_bits for m in problem.fixed)
-    average += sum(w * l.formats[0].bits for w, l in zip(unit_weight, ladders))
-    if average > budget:
+    base = sum(coefficients[id(m)] * m.fixed_bits for m in problem.fixed)
+    base += sum(w * l.formats[0].bits for w, l in zip(unit_weight, ladders))
+    if base > budget:
         scale = " with scale bits" if include_scale_bits else ""
         raise ValueError(
             f"A {target_bits}-bit {weighting} average{scale} is below what this model can reach "
-            f"({float(average + scale_term):.4g} bits with every learnable layer at its cheapest "
+            f"({float(base + scale_term):.4g} bits with every learnable layer at its cheapest "
             f"format).")
-    upgrades = []
-    for index, (unit, path) in enumerate(zip(problem.units, ladders)):
-        betas = path.discrete_betas
-        for level in range(len(betas) - 1):
-            threshold = (betas[level] + betas[level + 1]) / 2
-            upgrades.append((unit.raw_offset - threshold, -index, level))
-    for _, neg_index, level in sorted(upgrades, reverse=True):
+    return _Budget(budget, scale_term, ladders, unit_weight, base)
+
+
+def _greedy_upgrades(setup: _Budget, upgrades) -> List[int]:
+    """Applies ``(priority, unit index, level)`` upgrades, highest priority first, while they
+    fit; an upgrade applies only to a unit that sits at its level."""
+    levels = [0] * len(setup.ladders)
+    average = setup.base
+    for _, neg_index, level in sorted(((p, -i, l) for p, i, l in upgrades), reverse=True):
         index = -neg_index
         if levels[index] != level:
             continue
-        formats = ladders[index].formats
-        extra = unit_weight[index] * (formats[level + 1].bits - formats[level].bits)
-        if average + extra <= budget:
-            average += extra
+        step = setup.extra(index, level + 1) - setup.extra(index, level)
+        if average + step <= setup.budget:
+            average += step
             levels[index] = level + 1
-    betas = [path.discrete_betas[level] for path, level in zip(ladders, levels)]
+    return levels
+
+
+def _projection(setup: _Budget, levels: List[int], target_bits, weighting, include_scale_bits):
+    average = setup.base + sum(setup.extra(i, level) for i, level in enumerate(levels))
+    assert average <= setup.budget
+    betas = [path.discrete_betas[level] for path, level in zip(setup.ladders, levels)]
     return Projection(
-        betas, float(average + scale_term), float(target_bits), weighting, include_scale_bits)
+        betas, float(average + setup.scale_term), float(target_bits), weighting, include_scale_bits)
+
+
+def project(
+        problem: BudgetProblem,
+        target_bits: float,
+        weighting: str = "simple",
+        include_scale_bits: bool = False) -> Projection:
+    """Chooses a discrete offset per unit so the average is at most ``target_bits``."""
+    setup = _budget(problem, target_bits, weighting, include_scale_bits)
+    upgrades = []
+    for index, (unit, path) in enumerate(zip(problem.units, setup.ladders)):
+        betas = path.discrete_betas
+        for level in range(len(betas) - 1):
+            threshold = (betas[level] + betas[level + 1]) / 2
+            upgrades.append((unit.raw_offset - threshold, index, level))
+    levels = _greedy_upgrades(setup, upgrades)
+    return _projection(setup, levels, target_bits, weighting, include_scale_bits)
+
+
+# Largest dynamic-programming table (units x budget steps) the exact knapsack builds; beyond it
+# the costs are coarsened (see ``_knapsack``).
+KNAPSACK_CELLS = 20_000_000
+
+
+def _knapsack(setup: _Budget, scores: List[List[float]]) -> List[int]:
+    """Exact multiple-choice knapsack: one level per unit, minimal total score, average within
+    the budget. Costs are exact rationals scaled to integers; if the table would exceed
+    ``KNAPSACK_CELLS``, costs are rounded UP to a coarser integer grid, which keeps every
+    solution within the budget (it may leave a sliver of the budget unused)."""
+    import math
+
+    import numpy as np
+    costs = [
+        [setup.extra(i, level)
+         for level in range(len(path.formats))]
+        for i, path in enumerate(setup.ladders)
+    ]
+    capacity = setup.budget - setup.base
+    denominator = 1
+    for value in [capacity] + [c for row in costs for c in row]:
+        denominator = denominator * value.denominator // math.gcd(denominator, value.denominator)
+    numerators = [int(c * denominator) for row in costs for c in row]
+    unit = math.gcd(*numerators) if any(numerators) else 1
+    grid = Fraction(unit, denominator)
+    steps = int(capacity / grid)
+    if (steps + 1) * len(costs) > KNAPSACK_CELLS:
+        grid = capacity / (KNAPSACK_CELLS // max(1, len(costs)) - 1)
+        steps = int(capacity / grid)
+    int_costs = [[math.ceil(c / grid) for c in row] for row in costs]
+    best = np.zeros(steps + 1)  # minimal score using at most this many budget steps
+    choices = []
+    for row, score in zip(int_costs, scores):
+        candidates = np.full((len(row), steps + 1), np.inf)
+        for level, (cost, value) in enumerate(zip(row, score)):
+            if cost <= steps:
+                candidates[level, cost:] = best[:steps + 1 - cost] + value
+        choice = np.argmin(candidates, axis=0)
+        best = candidates[choice, np.arange(steps + 1)]
+        choices.append(choice.astype(np.int8))
+    levels = [0] * len(costs)
+    remaining = steps
+    for index in range(len(costs) - 1, -1, -1):
+        levels[index] = int(choices[index][remaining])
+        remaining -= int_costs[index][levels[index]]
+    return levels
+
+
+def project_scores(
+        problem: BudgetProblem,
+        scores: List[List[float]],
+        target_bits: float,
+        weighting: str = "simple",
+        include_scale_bits: bool = False,
+        solver: str = "knapsack") -> Projection:
+    """Formats from per-unit sensitivity scores instead of learned offsets (the baselines).
+
+    ``scores[i][level]`` is the estimated damage of unit ``i`` at format ``level`` of its ladder
+    (lower is better). ``solver="knapsack"`` minimises the total damage within the budget
+    exactly; ``solver="greedy"`` promotes units in order of the damage an upgrade removes while
+    they fit (the KL layer-selection heuristic)."""
+    if len(scores) != len(problem.units):
+        raise ValueError(f"{len(scores)} score rows for {len(problem.units)} units")
+    setup = _budget(problem, target_bits, weighting, include_scale_bits)
+    if solver == "knapsack":
+        levels = _knapsack(setup, scores)
+    elif solver == "greedy":
+        upgrades = [
+            (row[level] - row[level + 1], index, level)
+            for index, row in enumerate(scores)
+            for level in range(len(row) - 1)
+        ]
+        levels = _greedy_upgrades(setup, upgrades)
+    else:
+        raise ValueError(f"Unknown solver {solver!r}; choose knapsack or greedy.")
+    return _projection(setup, levels, target_bits, weighting, include_scale_bits)
+
+
+def assign_projection(model: nn.Module, projection: Projection) -> None:
+    """Assigns a projection's formats to the model's offsets (in ``budget_problem`` order)."""
+    _, offsets = _budget_problem_and_offsets(model)
+    for offset, beta in zip(offsets, projection.betas):
+        offset.assign(beta)
 
 
 def project_model(

@@ -1,0 +1,291 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""``brevitas_dmx_pareto``: the quality-versus-bits picture of every method for one model.
+
+Runs float, uniform formats, the hand-made MLP-in-8-bits map, the kl and fisher baselines and
+dMX (once per target) through ``brevitas_dmx_llm``, in this process, appending one line per point
+to ``results.jsonl`` in the output folder. A point already in the results file is not run again,
+and an interrupted dMX training resumes from its last checkpoint, so an interrupted sweep is
+finished by running the same command again. Every run ends by writing ``pareto.md`` (table) and
+``pareto.png`` (perplexity and accuracy against average bits, one line per method) from all the
+results in the file, so sweeps over several ladders accumulate into one picture.
+
+Everything after ``--`` goes to ``brevitas_dmx_llm`` unchanged (sequence length, samples, steps,
+evaluation tasks, which average the budget binds, ...).
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from brevitas_dmx.formats import element_format
+from brevitas_dmx.formats import LADDERS
+
+METHODS = ("float", "uniform", "mlp8", "kl", "fisher", "dmx")
+RESULTS_FILE = "results.jsonl"
+# The headline average: bits per weight element with the E8M0 scales, i.e. true weight memory.
+HEADLINE = "memory_with_scales"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brevitas_dmx_pareto",
+        description="Runs every method at every target and draws perplexity / accuracy "
+        "against average bits. Arguments after -- go to brevitas_dmx_llm.")
+    parser.add_argument("--model", required=True, help="As brevitas_dmx_llm --model.")
+    parser.add_argument("--dataset", required=True, help="As brevitas_dmx_llm --dataset.")
+    parser.add_argument("--ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
+    parser.add_argument(
+        "--targets", type=float, nargs="+", default=[], help="Bit budgets (kl, fisher, dmx).")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="Which methods to run (all by default).")
+    parser.add_argument(
+        "--uniform-formats",
+        nargs="+",
+        default=None,
+        help="Formats of the uniform points (default: e2m1, e2m3, e4m3: MXFP4, MXFP6, MXFP8).")
+    parser.add_argument("--output", required=True, help="Folder for the points and the report.")
+    parser.add_argument(
+        "--average",
+        default=HEADLINE,
+        help="The average on the table's and plot's x axis: simple, size, memory, each "
+        "optionally with _with_scales (default: %(default)s, the memory per weight).")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Only (re)write pareto.md and pareto.png from the results file.")
+    return parser
+
+
+def _target_label(target: float) -> str:
+    return f"{target:g}"
+
+
+def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
+    """(label, brevitas_dmx_llm arguments) of every point of the sweep, in run order."""
+    common = ["--model", args.model, "--dataset", args.dataset, "--dmx"]
+    ladder = ["--dmx-ladder", args.ladder]
+    points = []
+    if "float" in args.methods:
+        points.append(("float", common + ["--dmx-method", "float"]))
+    formats = args.uniform_formats or ["e2m1", "e2m3", "e4m3"]
+    if "uniform" in args.methods:
+        for fmt in formats:
+            name = element_format(fmt).name
+            points.append(
+                (f"uniform-{name}", common + ["--dmx-method", "uniform", "--dmx-format", name]))
+    if "mlp8" in args.methods:
+        points.append((f"mlp8-{args.ladder}", common + ladder + ["--dmx-method", "mlp8"]))
+    for method in ("kl", "fisher", "dmx"):
+        if method not in args.methods:
+            continue
+        for target in args.targets:
+            label = f"{method}-{args.ladder}-{_target_label(target)}"
+            points.append(
+                (
+                    label,
+                    common + ladder + [
+                        "--dmx-method",
+                        method,
+                        "--dmx-target-bits",
+                        str(target),
+                        "--dmx-skip-baselines"
+                    ]))
+    out = os.path.abspath(args.output)
+    runs = []
+    for label, argv in points:
+        folder = os.path.join(out, "points", label)
+        place = ["--dmx-output", folder]
+        if label.startswith("dmx-") and os.path.isdir(os.path.join(folder, "checkpoints")):
+            place = ["--dmx-resume", folder]  # an interrupted training goes on where it stopped
+        runs.append(
+            (
+                label,
+                argv + place + [
+                    "--dmx-label",
+                    label,
+                    "--dmx-results",
+                    os.path.join(out, RESULTS_FILE),
+                    "--dmx-sensitivity-cache",
+                    os.path.join(out, "sensitivity.json")
+                ] + llm_argv))
+    return runs
+
+
+def read_results(path: str) -> List[Dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _bits(record: Dict, average: str) -> Optional[float]:
+    bits = record.get("bits")
+    return None if bits is None else bits[average]
+
+
+def _series(record: Dict) -> str:
+    """The line a point belongs to in the plot."""
+    method = record["method"]
+    if method in ("kl", "fisher", "dmx"):
+        return f"{method} ({record['ladder']})"
+    return method
+
+
+def report_table(records: List[Dict], average: str = HEADLINE) -> str:
+    """The Markdown table of every point, with the share of the MXFP4 -> MXFP8 gap closed."""
+    uniform = {
+        r["label"]: r["quant_ppl"]
+        for r in records
+        if str(r.get("label", "")).startswith("uniform-")
+    }
+    low, high = uniform.get("uniform-e2m1"), uniform.get("uniform-e4m3")
+    tasks = sorted({t for r in records for t in (r.get("accuracy") or {})})
+    header = ["point", "method", "target", f"bits ({average})", "bits (simple)", "perplexity"]
+    header += ["gap closed"] + [f"{t} acc" for t in tasks] + ["search (s)", "total (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ordered = sorted(
+        records, key=lambda r: (_series(r), _bits(r, average) or 99, r.get("target_bits") or 0))
+    for r in ordered:
+        bits = _bits(r, average)
+        simple = _bits(r, "simple")
+        gap = "-"
+        if low is not None and high is not None and low != high and bits is not None:
+            gap = f"{100 * (low - r['quant_ppl']) / (low - high):.1f} %"
+        row = [
+            r.get("label") or r["method"],
+            r["method"],
+            "-" if r.get("target_bits") is None else f"{r['target_bits']:g}",
+            "-" if bits is None else f"{bits:.3f}",
+            "-" if simple is None else f"{simple:.3f}",
+            f"{r['quant_ppl']:.3f}",
+            gap
+        ]
+        accuracy = r.get("accuracy") or {}
+        row += [f"{accuracy[t]['acc']:.4f}" if t in accuracy else "-" for t in tasks]
+        row += [f"{r.get('search_time_s') or 0:.0f}", f"{r.get('total_time_s') or 0:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: str = "") -> str:
+    """Perplexity (and each task's accuracy) against average bits, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tasks = sorted({t for r in records for t in (r.get("accuracy") or {})})
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5.2 * (1 + len(tasks)), 4.2), squeeze=False)
+    series: Dict[str, List[Dict]] = {}
+    for r in records:
+        series.setdefault(_series(r), []).append(r)
+    markers = {"uniform": "s", "mlp8": "D"}
+    for column, metric in enumerate(["perplexity"] + tasks):
+        ax = axes[0][column]
+        for name, points in sorted(series.items()):
+            if name == "float":
+                value = points[-1]["quant_ppl"] if metric == "perplexity" else (
+                    points[-1].get("accuracy") or {}).get(metric, {}).get("acc")
+                if value is not None:
+                    ax.axhline(value, color="black", linestyle=":", label="float")
+                continue
+            points = sorted(
+                (p for p in points if _bits(p, average) is not None),
+                key=lambda p: _bits(p, average))
+            xs = [_bits(p, average) for p in points]
+            if metric == "perplexity":
+                ys = [p["quant_ppl"] for p in points]
+            else:
+                ys = [(p.get("accuracy") or {}).get(metric, {}).get("acc") for p in points]
+            keep = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            if not keep:
+                continue
+            style = "" if name in markers else "-"
+            ax.plot(*zip(*keep), style + markers.get(name, "o"), label=name, markersize=5)
+        ax.set_xlabel(f"average bits ({average.replace('_', ' ')})")
+        if metric == "perplexity":
+            ax.set_ylabel("perplexity (log scale)")
+            ax.set_yscale("log")
+        else:
+            ax.set_ylabel(f"{metric} accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(output: str, average: str = HEADLINE, title: str = "") -> Tuple[str, str]:
+    records = read_results(os.path.join(output, RESULTS_FILE))
+    if not records:
+        raise FileNotFoundError(f"no results in {os.path.join(output, RESULTS_FILE)} yet")
+    table = os.path.join(output, "pareto.md")
+    with open(table, "w") as f:
+        f.write(report_table(records, average) + "\n")
+    return table, plot_pareto(records, os.path.join(output, "pareto.png"), average, title)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from brevitas_dmx import llm
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, llm_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (
+        argv, [])
+    parser = build_parser()
+    args = parser.parse_args(own)
+    averages = [w + s for w in ("simple", "size", "memory") for s in ("", "_with_scales")]
+    if args.average not in averages:
+        parser.error(f"--average {args.average!r}: choose one of {', '.join(averages)}")
+    if not args.report_only:
+        if {"kl", "fisher", "dmx"} & set(args.methods) and not args.targets:
+            parser.error("--targets is needed for the kl, fisher and dmx points")
+        try:
+            for fmt in args.uniform_formats or []:
+                element_format(fmt)
+        except ValueError as err:
+            parser.error(f"--uniform-formats: {err}")
+        os.makedirs(args.output, exist_ok=True)
+        points = plan_points(args, llm_argv)
+        # Check every point's command line before the first one runs.
+        llm_parser = llm.build_parser()
+        for label, point_argv in points:
+            try:
+                parsed, extra = llm_parser.parse_known_args(point_argv)
+                if extra:
+                    raise llm.UsageError(f"unrecognized arguments: {' '.join(extra)}")
+                llm.validate(llm_parser, parsed)
+            except llm.UsageError as err:
+                parser.error(f"point {label}: {err}")
+        done = {r.get("label") for r in read_results(os.path.join(args.output, RESULTS_FILE))}
+        todo = [(label, point_argv) for label, point_argv in points if label not in done]
+        print(f"[pareto] {len(points)} points, {len(points) - len(todo)} already done")
+        for index, (label, point_argv) in enumerate(todo):
+            print(f"[pareto] point {index + 1}/{len(todo)}: {label}", flush=True)
+            code = llm.main(point_argv)
+            if code != 0:
+                print(f"brevitas_dmx_pareto: point {label} failed (exit {code})", file=sys.stderr)
+                return code
+    try:
+        table, plot = write_report(args.output, args.average, args.model)
+    except FileNotFoundError as err:
+        print(f"brevitas_dmx_pareto: error: {err}", file=sys.stderr)
+        return 2
+    with open(table) as f:
+        print(f.read())
+    print(f"[pareto] wrote {table} and {plot}")
+    return 0
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

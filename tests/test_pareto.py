@@ -1,0 +1,152 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""brevitas_dmx_pareto: the sweep, its report, and resuming without recomputing."""
+
+import json
+
+import pytest
+
+from brevitas_dmx import llm
+from brevitas_dmx import pareto
+
+LLM_ARGS = [
+    "--",
+    "--seqlen",
+    "32",
+    "--nsamples",
+    "16",
+    "--dmx-eval-windows",
+    "4",
+    "--dmx-sensitivity-samples",
+    "4"
+]
+
+
+def sweep_argv(tiny_folder, text_file, out):
+    return [
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--methods",
+        "float",
+        "uniform",
+        "fisher",
+        "--uniform-formats",
+        "e2m1",
+        "e4m3",
+        "--targets",
+        "5",
+        "6",
+        "--output",
+        str(out)
+    ] + LLM_ARGS
+
+
+def labels(out):
+    return [r["label"] for r in pareto.read_results(str(out / pareto.RESULTS_FILE))]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tiny_folder, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    assert pareto.main(sweep_argv(tiny_folder, text_file, out)) == 0
+    return out
+
+
+def test_sweep_runs_every_point_once(finished_sweep):
+    assert labels(finished_sweep) == [
+        "float", "uniform-e2m1", "uniform-e4m3", "fisher-mxfp8-mxfp4-5", "fisher-mxfp8-mxfp4-6"
+    ]
+
+
+def test_sweep_writes_table_and_plot(finished_sweep):
+    table = (finished_sweep / "pareto.md").read_text()
+    assert "| fisher-mxfp8-mxfp4-5 | fisher | 5 |" in table
+    assert "gap closed" in table
+    assert (finished_sweep / "pareto.png").stat().st_size > 0
+
+
+def test_points_meet_their_budget_in_the_headline_average(finished_sweep):
+    for record in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE)):
+        if record["target_bits"] is not None:
+            assert record["bits"][record["average"]] <= record["target_bits"]
+
+
+def test_finished_sweep_is_not_recomputed(finished_sweep, tiny_folder, text_file, monkeypatch):
+
+    def refuse(argv):
+        raise AssertionError(f"recomputed a finished point: {argv}")
+
+    monkeypatch.setattr(llm, "main", refuse)
+    assert pareto.main(sweep_argv(tiny_folder, text_file, finished_sweep)) == 0
+    assert len(labels(finished_sweep)) == 5
+
+
+def test_interrupted_sweep_runs_only_the_missing_points(
+        finished_sweep, tiny_folder, text_file, tmp_path, monkeypatch):
+    lines = (finished_sweep / pareto.RESULTS_FILE).read_text().splitlines()
+    (tmp_path / pareto.RESULTS_FILE).write_text("\n".join(lines[:3]) + "\n")
+    ran = []
+    real_main = llm.main
+
+    def counting(argv):
+        ran.append(argv[argv.index("--dmx-label") + 1])
+        return real_main(argv)
+
+    monkeypatch.setattr(llm, "main", counting)
+    assert pareto.main(sweep_argv(tiny_folder, text_file, tmp_path)) == 0
+    assert ran == ["fisher-mxfp8-mxfp4-5", "fisher-mxfp8-mxfp4-6"]
+    assert len(labels(tmp_path)) == 5
+
+
+def test_interrupted_dmx_point_resumes_its_training(tiny_folder, text_file, tmp_path):
+    (tmp_path / "points" / "dmx-mxfp8-mxfp4-5" / "checkpoints").mkdir(parents=True)
+    args = pareto.build_parser().parse_args(
+        [
+            "--model",
+            tiny_folder,
+            "--dataset",
+            text_file,
+            "--targets",
+            "5",
+            "--output",
+            str(tmp_path)
+        ])
+    argv = dict(pareto.plan_points(args, []))["dmx-mxfp8-mxfp4-5"]
+    assert argv[argv.index("--dmx-resume") + 1].endswith("dmx-mxfp8-mxfp4-5")
+    assert "--dmx-output" not in argv
+
+
+def test_sweep_with_bad_llm_arguments_fails_before_any_point(
+        tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = sweep_argv(tiny_folder, text_file, tmp_path) + ["--dmx-steps", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.main(argv)
+    assert exit_info.value.code == 2
+    assert "--dmx-steps must be positive" in capsys.readouterr().err
+
+
+def test_targets_are_required_for_searching_methods(tiny_folder, text_file, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pareto.main(["--model", tiny_folder, "--dataset", text_file, "--output", str(tmp_path)])
+    assert "--targets is needed" in capsys.readouterr().err
+
+
+def test_report_only_rebuilds_table_from_results(finished_sweep, tmp_path):
+    (tmp_path / pareto.RESULTS_FILE).write_text((finished_sweep / pareto.RESULTS_FILE).read_text())
+    assert pareto.main(
+        [
+            "--model",
+            "m",
+            "--dataset",
+            "d",
+            "--output",
+            str(tmp_path),
+            "--report-only",
+            "--average",
+            "simple"
+        ]) == 0
+    assert "bits (simple)" in (tmp_path / "pareto.md").read_text()
+    assert json.loads(
+        (tmp_path / pareto.RESULTS_FILE).read_text().splitlines()[0])["label"] == "float"
