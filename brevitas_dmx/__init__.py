@@ -22,3 +22,13 @@ from brevitas_dmx.model import set_rounding
 from brevitas_dmx.model import set_temperature
 from brevitas_dmx.model import tie_groups
 from brevitas_dmx.model import tie_offsets
+
+_EXPORTS = ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights")
+
+
+def __getattr__(name):
+    # Deployment helpers load Brevitas's export machinery: import them on first use only.
+    if name in _EXPORTS:
+        from brevitas_dmx import export
+        return getattr(export, name)
+    raise AttributeError(f"module 'brevitas_dmx' has no attribute {name!r}")

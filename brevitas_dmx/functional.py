@@ -127,17 +127,47 @@ def _backward_kernel(blocks, e, m, scale, grad_out, shape):
     return grad_blocks, sum_error, sum_error_subnormal, sum_saturated
 
 
-_KERNELS = {"forward": _forward_kernel, "backward": _backward_kernel}
+def _values_backward_kernel(blocks, e, m, scale, grad_out, shape):
+    """For a frozen tensor (a weight): its fake-quantized value and the three sums of
+    ``_backward_kernel``, from one pass over the elements; no input gradient."""
+    max_normal = mx_max_normal(e, m)
+    scaled = blocks / scale
+    step, subnormal = _element_step(scaled, e, m)
+    rounded = torch.round(scaled / step) * step
+    clamped = torch.maximum(torch.minimum(rounded, max_normal), -max_normal)
+    saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
+    inside = saturated == 0
+    scaled_grad = grad_out * scale
+    error_grad = (rounded - scaled) * inside * scaled_grad
+    sum_error = error_grad.float().sum_to_size(shape)
+    sum_error_subnormal = (error_grad * subnormal).float().sum_to_size(shape)
+    sum_saturated = (scaled_grad * saturated).float().sum_to_size(shape)
+    return clamped * scale, sum_error, sum_error_subnormal, sum_saturated
+
+
+_KERNELS = {
+    "forward": _forward_kernel,
+    "backward": _backward_kernel,
+    "values_backward": _values_backward_kernel
+}
+_COMPILED = {}
 
 
 def enable_compile(enabled: bool = True) -> None:
     """Fuses the element-wise work with ``torch.compile`` (worth it on GPUs; the first call of
     each shape family compiles). Also switched on by ``BREVITAS_DMX_COMPILE=1``."""
     if enabled:
-        _KERNELS["forward"] = torch.compile(_forward_kernel, dynamic=True)
-        _KERNELS["backward"] = torch.compile(_backward_kernel, dynamic=True)
+        if not _COMPILED:  # compiled once: switching back and forth reuses the compilation
+            _COMPILED.update(
+                forward=torch.compile(_forward_kernel, dynamic=True),
+                backward=torch.compile(_backward_kernel, dynamic=True),
+                values_backward=torch.compile(_values_backward_kernel, dynamic=True))
+        _KERNELS.update(_COMPILED)
     else:
-        _KERNELS.update(forward=_forward_kernel, backward=_backward_kernel)
+        _KERNELS.update(
+            forward=_forward_kernel,
+            backward=_backward_kernel,
+            values_backward=_values_backward_kernel)
 
 
 if os.environ.get("BREVITAS_DMX_COMPILE", "0") not in ("", "0"):
@@ -174,30 +204,40 @@ class _MXQuantizeBlocks(torch.autograd.Function):
             grad_blocks = None
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
             return grad_blocks, None, None, None
-        ln2 = math.log(2.0)
-        with torch.enable_grad():
-            e = exponent_bits.detach().float().requires_grad_(True)
-            m = mantissa_bits.detach().float().requires_grad_(True)
-            max_normal = mx_max_normal(e, m)
-            terms = (
-                # the shared scale 2**k: d out / d k = ln2 * out
-                (
-                    _scale_exponent_term(e, m, ctx.scale_rule),
-                    ln2 * (sum_error + max_normal.detach() * sum_saturated)),
-                # the subnormal threshold 1 - bias sets the step of subnormal elements
-                (1 - mx_exponent_bias(e), ln2 * sum_error_subnormal),
-                # the step 2**(binade - m)
-                (-m, ln2 * sum_error),
-                # the saturation bound
-                (max_normal, sum_saturated),
-            )
-            outputs = [value.expand(shape) for value, _ in terms]
-            grad_e, grad_m = torch.autograd.grad(
-                outputs, (e, m), [adjoint.expand(shape) for _, adjoint in terms],
-                allow_unused=True)
-        grad_e = None if grad_e is None else grad_e.sum_to_size(exponent_bits.shape)
-        grad_m = None if grad_m is None else grad_m.sum_to_size(mantissa_bits.shape)
+        grad_e, grad_m = width_grads(
+            exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated,
+            ctx.scale_rule, shape)
         return grad_blocks, grad_e, grad_m, None
+
+
+def width_grads(
+        exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated,
+        scale_rule, shape):
+    """Gradients of the loss to the widths, from the three per-block sums of the backward
+    kernels: autograd through the tiny format-parameter functions (bias, emax, max normal)."""
+    ln2 = math.log(2.0)
+    with torch.enable_grad():
+        e = exponent_bits.detach().float().requires_grad_(True)
+        m = mantissa_bits.detach().float().requires_grad_(True)
+        max_normal = mx_max_normal(e, m)
+        terms = (
+            # the shared scale 2**k: d out / d k = ln2 * out
+            (
+                _scale_exponent_term(e, m, scale_rule),
+                ln2 * (sum_error + max_normal.detach() * sum_saturated)),
+            # the subnormal threshold 1 - bias sets the step of subnormal elements
+            (1 - mx_exponent_bias(e), ln2 * sum_error_subnormal),
+            # the step 2**(binade - m)
+            (-m, ln2 * sum_error),
+            # the saturation bound
+            (max_normal, sum_saturated),
+        )
+        outputs = [value.expand(shape) for value, _ in terms]
+        grad_e, grad_m = torch.autograd.grad(
+            outputs, (e, m), [adjoint.expand(shape) for _, adjoint in terms], allow_unused=True)
+    grad_e = None if grad_e is None else grad_e.sum_to_size(exponent_bits.shape)
+    grad_m = None if grad_m is None else grad_m.sum_to_size(mantissa_bits.shape)
+    return grad_e, grad_m
 
 
 def mx_quantize_blocks(

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from brevitas_dmx import distributed
 from brevitas_dmx.baselines import METHODS
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
@@ -167,6 +168,15 @@ def build_parser():
     group.add_argument(
         "--dmx-label", default=None, help="A label for this run in the results file.")
     group.add_argument(
+        "--dmx-save-pretrained",
+        default=None,
+        help="Folder for a reloadable checkpoint of the quantized model (brevitas_dmx."
+        "load_pretrained) and its packed MX weights.")
+    group.add_argument(
+        "--dmx-export-qonnx",
+        default=None,
+        help="Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits).")
+    group.add_argument(
         "--dmx-skip-baselines",
         action="store_true",
         help="Skip the uniform low/high format perplexities.")
@@ -255,6 +265,18 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(f"--dmx-eval-tasks: {err}") from None
     if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
         raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
+    if (args.dmx_save_pretrained or args.dmx_export_qonnx) and method == "float":
+        raise UsageError("--dmx-save-pretrained / --dmx-export-qonnx need a quantized model, not "
+                         "--dmx-method float")
+    if args.dmx_export_qonnx:
+        try:
+            import onnx  # noqa: F401
+            import onnxoptimizer  # noqa: F401
+            import qonnx  # noqa: F401
+        except ImportError as err:
+            raise UsageError(
+                f"--dmx-export-qonnx needs the export extra ({err.name} is missing): "
+                f"pip install 'brevitas-dmx[export]'") from None
     if args.dmx_sensitivity_samples < 1:
         raise UsageError(
             f"--dmx-sensitivity-samples must be positive, got {args.dmx_sensitivity_samples}")
@@ -271,6 +293,10 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     for dest, value in positive.items():
         if not value > 0:
             raise UsageError(f"{_flag(dest)} must be positive, got {value}")
+    if args.dmx_batch_size % distributed.world_size():
+        raise UsageError(
+            f"--dmx-batch-size {args.dmx_batch_size} is the global batch: it must be a multiple "
+            f"of the {distributed.world_size()} processes")
     if args.dmx_lambda < 0:
         raise UsageError(f"--dmx-lambda must be >= 0, got {args.dmx_lambda}")
     if not 0 <= args.dmx_temp_delay <= 1:
@@ -319,10 +345,11 @@ def _layer_map(args):
     weight = getattr(quant, weight_name).let(dmx_scale_rule=args.dmx_scale_rule)
     act = None if args.dmx_weights_only else getattr(quant, act_name).let(
         dmx_scale_rule=args.dmx_scale_rule)
+    from brevitas_dmx.core.linear import DMXQuantLinear  # qnn.QuantLinear, leaner training step
     return {
         nn.Linear:
             (
-                qnn.QuantLinear, {
+                DMXQuantLinear, {
                     "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
                 }),
     }
@@ -338,9 +365,10 @@ def _method(args) -> str:
     return "map" if args.dmx_format_map is not None else args.dmx_method
 
 
-def _sensitivity(args, model, calib, method: str) -> Dict[str, List[float]]:
-    """Layer scores of the kl / fisher baselines on the float model, from the cache if it holds
-    scores for the same model, data and settings."""
+def _sensitivity(args, model, calib, method: str):
+    """Layer scores of the kl / fisher baselines on the float model and the seconds computing
+    them took, from the cache if it holds scores for the same model, data and settings (the
+    time is then the original computation's, so every point reports the method's full cost)."""
     from brevitas_dmx.baselines import fisher_sensitivity
     from brevitas_dmx.baselines import kl_sensitivity
     from brevitas_dmx.baselines import linear_layers
@@ -365,20 +393,22 @@ def _sensitivity(args, model, calib, method: str) -> Dict[str, List[float]]:
             cache = json.load(f)
         if key in cache:
             print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
-            return cache[key]
+            return cache[key]["scores"], cache[key]["time_s"]
     exclude = () if args.quantize_last_layer else ("lm_head",)
     score = kl_sensitivity if method == "kl" else fisher_sensitivity
+    start = time.perf_counter()
     scores = score(
         model,
         calib[:args.dmx_sensitivity_samples], [f.name for f in ladder.formats],
         layers=linear_layers(model, exclude),
         weights_only=args.dmx_weights_only,
         scale_rule=args.dmx_scale_rule)
+    elapsed = time.perf_counter() - start
     if args.dmx_sensitivity_cache:
-        cache[key] = scores
+        cache[key] = {"scores": scores, "time_s": elapsed}
         with open(args.dmx_sensitivity_cache, "w") as f:
             json.dump(cache, f)
-    return scores
+    return scores, elapsed
 
 
 def _preset_map(args, layer_names: List[str]) -> Dict:
@@ -428,8 +458,10 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> None:
     if resume:
         print(f"[dMX] resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
-    torch.save(offsets_state_dict(model), os.path.join(out_dir, "dmx_offsets.pt"))
-    save_problem(budget_problem(model), out_dir)
+    offsets = offsets_state_dict(model)  # identical on every rank (DMXTrainer.train checks)
+    if distributed.is_main():
+        torch.save(offsets, os.path.join(out_dir, "dmx_offsets.pt"))
+        save_problem(budget_problem(model), out_dir)
 
 
 def run_dmx(args) -> Dict:
@@ -440,7 +472,7 @@ def run_dmx(args) -> Dict:
     from brevitas_dmx.baselines import unit_scores
     from brevitas_dmx.data import calibration_samples
     from brevitas_dmx.data import evaluation_windows
-    from brevitas_dmx.evaluate import perplexity
+    from brevitas_dmx.distributed import perplexity  # batches dealt out to the ranks
     from brevitas_dmx.models import load_model
     from brevitas_dmx.models import load_tokenizer
     from brevitas_dmx.solver import project_model
@@ -451,11 +483,13 @@ def run_dmx(args) -> Dict:
     started = time.perf_counter()
     method = _method(args)
     out_dir = args.dmx_resume or args.dmx_output
+    distributed.setup()  # under accelerate launch / torchrun: one process per device
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=1, default=str)
+    if distributed.is_main():
+        with open(os.path.join(out_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1, default=str)
     _seed_everything(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device()
 
     print(f"[dMX] data: {args.dataset}")
     tokenizer = load_tokenizer(args.model)
@@ -486,9 +520,9 @@ def run_dmx(args) -> Dict:
         _zero_shot(args, model, tokenizer, metrics)
         return _finish(args, model, tokenizer, metrics, None, out_dir, started, device)
 
-    search_start = time.perf_counter()
-    scores = _sensitivity(args, model, calib, method) if method in ("kl", "fisher") else None
-    search_time = time.perf_counter() - search_start
+    scores, search_time = None, 0.0
+    if method in ("kl", "fisher"):
+        scores, search_time = _sensitivity(args, model, calib, method)
 
     blacklist = [] if args.quantize_last_layer else ["lm_head"]
     model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist)
@@ -572,6 +606,24 @@ def _zero_shot(args, model, tokenizer, metrics) -> None:
         metrics["zero_shot_time_s"] = time.perf_counter() - eval_start
 
 
+def _deploy(args, model, metrics) -> List[str]:
+    """The checkpoint, packed weights and QONNX graph the deployment flags ask for."""
+    written = []
+    if args.dmx_save_pretrained:
+        from brevitas_dmx.export import pack_weights
+        from brevitas_dmx.export import save_pretrained
+        save_pretrained(model, args.dmx_save_pretrained)
+        packed = pack_weights(
+            model, os.path.join(args.dmx_save_pretrained, "packed_weights.safetensors"))
+        metrics["packed_weight_bytes"] = packed["payload_bytes"]
+        written.append(args.dmx_save_pretrained)
+    if args.dmx_export_qonnx:
+        from brevitas_dmx.export import export_causal_lm_qonnx
+        export_causal_lm_qonnx(model, args.dmx_export_qonnx, seqlen=args.seqlen)
+        written.append(args.dmx_export_qonnx)
+    return written
+
+
 def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -> Dict:
     """Bits, zero-shot accuracy, the output files and the results line."""
     import brevitas_dmx as dmx
@@ -594,10 +646,14 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
     metrics["peak_mem_bytes"] = _peak_memory_bytes(device)
     metrics["device"] = str(device)
     metrics["total_time_s"] = time.perf_counter() - started
+    metrics.update(distributed.summary())
+    if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
+        return metrics
 
+    deployed = _deploy(args, model, metrics) if fmap is not None else []
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
-    written = ["metrics.json"]
+    written = ["metrics.json"] + deployed
     if fmap is not None:
         with open(os.path.join(out_dir, "format_map.json"), "w") as f:
             json.dump(fmap, f, indent=1)

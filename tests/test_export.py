@@ -53,32 +53,9 @@ def mixed_stack():
     return finalized(nn.Sequential(*[mx_linear(64, 64) for _ in STACK_FORMATS]), STACK_FORMATS)
 
 
-class LlamaLikeBlock(nn.Module):
-    """RMSNorm, single-head causal attention, SwiGLU MLP, residuals: a decoder block's Linears
-    and the float ops between them."""
-
-    def __init__(self, dim=64, hidden=128):
-        super().__init__()
-        self.q, self.k, self.v, self.o = (mx_linear(dim, dim, False) for _ in range(4))
-        self.gate, self.up = mx_linear(dim, hidden, False), mx_linear(dim, hidden, False)
-        self.down = mx_linear(hidden, dim, False)
-        from transformers.models.llama.modeling_llama import LlamaRMSNorm
-        self.norm1, self.norm2 = LlamaRMSNorm(dim), LlamaRMSNorm(dim)
-
-    def forward(self, x):
-        h = self.norm1(x)
-        q, k, v = self.q(h), self.k(h), self.v(h)
-        scores = q @ k.transpose(-1, -2) / q.shape[-1]**0.5
-        mask = torch.triu(torch.ones(x.shape[-2], x.shape[-2], dtype=torch.bool), 1)
-        x = x + self.o(torch.softmax(scores.masked_fill(mask, -1e9), -1) @ v)
-        h = self.norm2(x)
-        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
-
-
 def single_node_graph(attributes, shape):
     node = helper.make_node(
-        "MXFloatQuant",
-        ["x"], ["y"],
+        "MXFloatQuant", ["x"], ["y"],
         domain=DOMAIN,
         format=attributes["format_name"],
         exponent_bitwidth=attributes["exponent_bits"],
@@ -89,9 +66,10 @@ def single_node_graph(attributes, shape):
         block_size=32,
         axis=-1,
         scale_rule=attributes["scale_rule"])
-    graph = helper.make_graph([node],
-                              "mx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    graph = helper.make_graph(
+        [node],
+        "mx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -114,26 +92,49 @@ def test_mixed_stack_round_trip_equals_torch(mixed_stack, tmp_path):
     assert torch.equal(execute_qonnx(str(tmp_path / "stack.onnx"), x), mixed_stack(x))
 
 
+def node_attributes(path):
+    """``{(layer, "weight_quant" or "input_quant"): attributes}`` of a graph's MX nodes, read from
+    the node names, which follow the module path: "/<layer>/<role>/export_handler/..."."""
+    formats = {}
+    for node in onnx.load(path).graph.node:
+        if node.op_type == "MXFloatQuant":
+            layer, role = node.name.split("/")[1:3]
+            formats[layer, role] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return formats
+
+
+STACK_NODE_FORMATS = {
+    (str(i), role): fmt for i, fmt in enumerate(STACK_FORMATS)
+    for role in ("weight_quant", "input_quant")
+}
+
+
 def test_graph_attributes_name_each_layers_formats(mixed_stack, tmp_path):
     export_qonnx(mixed_stack, torch.randn(2, 64), str(tmp_path / "stack.onnx"))
-    nodes = [n for n in onnx.load(str(tmp_path / "stack.onnx")).graph.node if n.op_type == "MXFloatQuant"]
-    attributes = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
-    assert sorted(a["format"].decode() for a in attributes) == sorted(STACK_FORMATS * 2)
-    e4m3 = next(a for a in attributes if a["format"] == b"e4m3")
-    assert (e4m3["exponent_bitwidth"], e4m3["mantissa_bitwidth"], e4m3["exponent_bias"],
-            e4m3["max_val"], e4m3["block_size"]) == (4, 3, 7, 448.0, 32)
+    formats = node_attributes(str(tmp_path / "stack.onnx"))
+    assert {key: a["format"].decode() for key, a in formats.items()} == STACK_NODE_FORMATS
+    e4m3 = formats["3", "weight_quant"]
+    assert (
+        e4m3["exponent_bitwidth"],
+        e4m3["mantissa_bitwidth"],
+        e4m3["exponent_bias"],
+        e4m3["max_val"],
+        e4m3["block_size"]) == (4, 3, 7, 448.0, 32)
+    e2m1 = formats["0", "input_quant"]
+    assert (
+        e2m1["exponent_bitwidth"],
+        e2m1["mantissa_bitwidth"],
+        e2m1["exponent_bias"],
+        e2m1["max_val"],
+        e2m1["block_size"]) == (2, 1, 1, 6.0, 32)
 
 
-def test_llama_like_block_round_trip_within_float_rounding(tmp_path):
+def test_a_partial_last_block_exports_bit_exactly(tmp_path):
     torch.manual_seed(0)
-    block = finalized(LlamaLikeBlock(), ["e2m1", "e4m3", "e2m3", "e3m2", "e4m3", "e2m1", "e5m2"])
-    x = torch.randn(1, 8, 64)
-    export_qonnx(block, x, str(tmp_path / "block.onnx"))
-    expected = block(x)
-    got = execute_qonnx(str(tmp_path / "block.onnx"), x)
-    # onnxruntime's softmax/norm may round differently from torch in the last float32 bit; the
-    # stated bound is 1e-5 of the output's scale (MX rounding flips would be far larger).
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    layer = finalized(nn.Sequential(mx_linear(48, 64)), ["e2m1"])  # blocks of 32 + 16 (padded)
+    x = torch.randn(3, 48)
+    export_qonnx(layer, x, str(tmp_path / "pad.onnx"))
+    assert torch.equal(execute_qonnx(str(tmp_path / "pad.onnx"), x), layer(x))
 
 
 def test_export_refuses_a_model_with_learnable_formats(tmp_path):
@@ -149,9 +150,15 @@ def test_export_refuses_an_unsupported_quantizer(tmp_path):
         export_qonnx(model, torch.randn(1, 64), str(tmp_path / "x.onnx"))
 
 
-def test_dynamo_export_is_refused_with_the_reason(mixed_stack, tmp_path):
-    with pytest.raises(NotImplementedError, match="TorchScript"):
-        export_qonnx(mixed_stack, torch.randn(1, 64), str(tmp_path / "x.onnx"), dynamo=True)
+def test_dynamo_export_round_trip_equals_torch(mixed_stack, tmp_path):
+    x = torch.randn(5, 64)
+    path = str(tmp_path / "stack.onnx")
+    export_qonnx(mixed_stack, x, path, dynamo=True)
+    # torch.export drops Brevitas's group-view reshapes: only the MX nodes and the Gemms remain.
+    assert {n.op_type for n in onnx.load(path).graph.node} == {"MXFloatQuant", "Gemm"}
+    formats = node_attributes(path)
+    assert {key: a["format"].decode() for key, a in formats.items()} == STACK_NODE_FORMATS
+    assert torch.equal(execute_qonnx(path, x), mixed_stack(x))
 
 
 @pytest.fixture
@@ -167,6 +174,16 @@ def test_save_and_load_give_equal_logits(mixed_llama, tmp_path):
     reloaded = load_pretrained(str(tmp_path))
     assert torch.equal(reloaded(input_ids=ids).logits, mixed_llama(input_ids=ids).logits)
     assert dmx.format_map(reloaded) == dmx.format_map(mixed_llama)
+
+
+def test_load_pretrained_keeps_the_saved_dtype(ignore_missing_keys, tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).to(torch.bfloat16)
+    model = finalized(model, ["e2m1", "e4m3"] * 7)
+    save_pretrained(model, str(tmp_path))
+    reloaded = load_pretrained(str(tmp_path))
+    ids = torch.randint(0, 96, (1, 16))
+    assert next(reloaded.parameters()).dtype == torch.bfloat16
+    assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_load_pretrained_names_a_folder_without_a_checkpoint(tmp_path):
@@ -188,10 +205,15 @@ def test_packed_weights_unpack_to_the_quantized_weights(mixed_llama, tmp_path):
         assert torch.equal(weight, modules[name].quant_weight().value)
 
 
-def test_whole_llama_round_trip_within_float_rounding(mixed_llama, tmp_path):
+def test_tiny_llama_round_trip_within_float_rounding(mixed_llama, tmp_path):
+    # Two Hugging Face Llama blocks (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU),
+    # their 14 Linears in all five formats, weights and inputs quantized.
     from brevitas_dmx.export import export_causal_lm_qonnx
     export_causal_lm_qonnx(mixed_llama, str(tmp_path / "llama.onnx"), seqlen=16)
-    ids = torch.randint(0, 96, (1, 12))  # another length: the sequence axis is dynamic
-    expected = mixed_llama(input_ids=ids).logits
+    ids = torch.randint(0, 96, (1, 16))
+    with torch.no_grad():
+        expected = mixed_llama(input_ids=ids).logits
     got = execute_qonnx(str(tmp_path / "llama.onnx"), ids)
+    # The MX nodes are exact; onnxruntime's MatMul, Softmax and RMSNorm round in float32 in
+    # another order than torch (observed: 6e-8 on logits of magnitude 0.6).
     assert torch.allclose(got, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))

@@ -163,3 +163,25 @@ def test_bad_method_input_fails_before_loading(
     assert llm.main(argv + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("brevitas_dmx_llm: error:") and re.search(message, err), err
+
+
+def test_deployment_flags_write_checkpoint_packed_weights_and_qonnx(
+        tiny_folder, text_file, tmp_path):
+    import brevitas_dmx as dmx
+    from brevitas_dmx.export import load_pretrained
+    metrics = run(
+        tiny_folder,
+        text_file,
+        tmp_path / "run",
+        "--dmx-method",
+        "mlp8",
+        "--dmx-save-pretrained",
+        str(tmp_path / "ckpt"),
+        "--dmx-export-qonnx",
+        str(tmp_path / "model.onnx"))
+    reloaded = load_pretrained(str(tmp_path / "ckpt"))
+    assert dmx.format_map(reloaded) == formats(tmp_path / "run")
+    assert metrics["packed_weight_bytes"] * 8 == pytest.approx(
+        metrics["bits"]["memory_with_scales"] * sum(
+            m.weight.numel() for n, m in reloaded.named_modules() if n in formats(tmp_path / "run")))
+    assert (tmp_path / "model.onnx").stat().st_size > 0

@@ -150,3 +150,10 @@ def test_report_only_rebuilds_table_from_results(finished_sweep, tmp_path):
     assert "bits (simple)" in (tmp_path / "pareto.md").read_text()
     assert json.loads(
         (tmp_path / pareto.RESULTS_FILE).read_text().splitlines()[0])["label"] == "float"
+
+
+def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
+    records = {r["label"]: r for r in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))}
+    first, second = records["fisher-mxfp8-mxfp4-5"], records["fisher-mxfp8-mxfp4-6"]
+    assert first["search_time_s"] > 0
+    assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)

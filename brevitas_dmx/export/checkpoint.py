@@ -58,7 +58,8 @@ def save_pretrained(model: nn.Module, directory: str) -> str:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         raise TypeError(
-            f"save_pretrained needs a Hugging Face model (with .config); got {type(model).__name__}")
+            f"save_pretrained needs a Hugging Face model (with .config); got {type(model).__name__}"
+        )
     layers = _mx_layers(model)
     if not layers:
         raise ValueError("The model has no MX-quantized layers to save.")
@@ -67,8 +68,8 @@ def save_pretrained(model: nn.Module, directory: str) -> str:
     if first.dmx is not None:
         scale_rule = first.dmx.scale_rule
     else:
-        scale_rule = "nonclip" if issubclass(first.proxy.quant_injector,
-                                             NonClipScaleMixin) else "floor"
+        scale_rule = "nonclip" if issubclass(
+            first.proxy.quant_injector, NonClipScaleMixin) else "floor"
     os.makedirs(directory, exist_ok=True)
     config.save_pretrained(directory)
     tensors = _float_state_dict(model)
@@ -86,6 +87,9 @@ def save_pretrained(model: nn.Module, directory: str) -> str:
         "weights_only": all(entry["input"] is None for entry in fmap.values()),
         "scale_rule": scale_rule,
         "block_size": 32,
+        # The float dtype the weights were saved in: rebuilding in another one would change the
+        # logits.
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "library": "brevitas_dmx",
     }
     with open(os.path.join(directory, QUANT_CONFIG), "w") as f:
@@ -112,6 +116,8 @@ def load_pretrained(directory: str, dtype: Optional[torch.dtype] = None) -> nn.M
     with open(path) as f:
         settings = json.load(f)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
+    if dtype is None and "dtype" in settings:
+        dtype = getattr(torch, settings["dtype"])
     if dtype is not None:
         model = model.to(dtype)
     names = list(settings["format_map"])
@@ -123,11 +129,15 @@ def load_pretrained(directory: str, dtype: Optional[torch.dtype] = None) -> nn.M
     act = None if settings["weights_only"] else DMXFloatAct.let(
         dmx_scale_rule=settings["scale_rule"])
     layer_map = {
-        nn.Linear: (
-            qnn.QuantLinear, {
-                "weight_quant": weight, "input_quant": act, "return_quant_tensor": False})
+        nn.Linear:
+            (
+                qnn.QuantLinear, {
+                    "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
+                })
     }
-    unquantized = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in names]
+    unquantized = [
+        n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in names
+    ]
     model = layerwise_quantize(model, layer_map, name_blacklist=unquantized)
     previous = brevitas_config.IGNORE_MISSING_KEYS
     brevitas_config.IGNORE_MISSING_KEYS = True

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer
 from transformers import TrainingArguments
 
+from brevitas_dmx import distributed
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_END
@@ -35,7 +36,9 @@ def offsets_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The learnable offsets by parameter name (shared offsets under their first name)."""
     wanted = {id(o.raw_offset) for o in dmx_offsets(model)}
     return {
-        name: p.detach().cpu().clone() for name, p in model.named_parameters() if id(p) in wanted
+        name: distributed._local(p).cpu().clone()
+        for name, p in model.named_parameters()
+        if id(p) in wanted
     }
 
 
@@ -46,7 +49,10 @@ def load_offsets(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
         raise ValueError(f"Offsets checkpoint does not fit this model: unknown {missing[:3]}")
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            param = params[name]
+            local = getattr(param, "to_local", None)  # an FSDP2 DTensor: every rank holds it
+            target = param if local is None else local()
+            target.copy_(value.reshape(target.shape).to(target.device, target.dtype))
 
 
 class DMXLossMixin:
@@ -54,12 +60,23 @@ class DMXLossMixin:
     loss, penalty and average bits averaged into each log, and a clear stop on a loss that is
     not finite."""
 
+    # compute_loss returns the mean over its micro-batch: the Trainer divides it by the number
+    # of gradient accumulation steps (its default guesses "already scaled" for HF models).
+    loss_is_scaled_for_ga = False
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The task loss is this rank's mean over its equal share of the global batch; the
+        # gradient all-reduce averages the ranks, which gives the mean over the global batch. The
+        # penalty depends on the offsets only, so it is the same on every rank: computed once
+        # from the global average, and unchanged by the averaging.
         outputs = model(**inputs)
         task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         penalty, bits = self.regularizer(model)
         loss = task_loss + penalty.to(task_loss.device)
-        if not torch.isfinite(loss.detach()):
+        finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if distributed.is_distributed():  # every rank stops together, or none does
+            finite = distributed.all_reduce(finite, torch.distributed.ReduceOp.MIN)
+        if not bool(finite[0]):
             checkpoint = self._last_checkpoint()
             raise NonFiniteLossError(
                 f"The training loss became {loss.item()} at step {self.state.global_step} "
@@ -74,7 +91,13 @@ class DMXLossMixin:
     def log(self, logs, *args, **kwargs):
         count = getattr(self, "_dmx_count", 0)
         if count:
-            logs.update({k: v / count for k, v in self._dmx_sums.items()})
+            sums = self._dmx_sums
+            if distributed.is_distributed():  # the means over all ranks' micro-batches
+                keys = sorted(sums)
+                total = distributed.all_reduce(
+                    torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64))
+                sums, count = dict(zip(keys, total[:-1].tolist())), float(total[-1])
+            logs.update({k: v / count for k, v in sums.items()})
             self._dmx_sums, self._dmx_count = {}, 0
         super().log(logs, *args, **kwargs)
 
@@ -122,6 +145,26 @@ class DMXTrainer(DMXLossMixin, Trainer):
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
         self.momentum = momentum
+        if self.is_fsdp_enabled:
+            self._keep_offsets_out_of_fsdp(offsets)
+
+    def _keep_offsets_out_of_fsdp(self, offsets) -> None:
+        """FSDP (version 2, ``fully_shard``) refuses scalar parameters, and the offsets are
+        scalars. They stay out of the shards (replicated, a few bytes each) and their gradients
+        are averaged over the ranks as soon as they are accumulated, before gradient clipping,
+        so every rank takes the same step. The frozen weights are sharded as usual."""
+        plugin = self.accelerator.state.fsdp_plugin
+        ignored = list(getattr(plugin, "ignored_modules", None) or [])
+        plugin.ignored_modules = ignored + [o for o in offsets if o not in ignored]
+        world = distributed.world_size()
+
+        def average(param):
+            if param.grad is not None and world > 1:
+                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
+                param.grad.div_(world)
+
+        for offset in offsets:
+            offset.raw_offset.register_post_accumulate_grad_hook(average)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -136,11 +179,29 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 self.optimizer = torch.optim.AdamW(params, lr=lr)
         return self.optimizer
 
+    def train(self, *args, **kwargs):
+        """``Trainer.train``, then the offsets checked identical on every rank and made so
+        (``brevitas_dmx.distributed.sync_offsets``); the spread is kept in
+        ``self.offsets_rank_spread`` (0.0 in a single process)."""
+        result = super().train(*args, **kwargs)
+        self.offsets_rank_spread = distributed.sync_offsets(self.model)
+        if self.offsets_rank_spread > 0:
+            print(
+                f"[dMX] offsets differed across ranks by up to {self.offsets_rank_spread:.3g}; "
+                f"rank 0's were broadcast")
+        distributed.dump_rank_offsets(self.model)
+        return result
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        # Only the offsets: the frozen weights are the user's float checkpoint.
+        # Only the offsets: the frozen weights are the user's float checkpoint. Every rank
+        # holds the same offsets; rank 0 writes them (an FSDP save calls this on every rank,
+        # and the full value of a sharded offset is a collective, so gather first).
         output_dir = output_dir or self.args.output_dir
+        offsets = offsets_state_dict(self.model)
+        if not self.args.should_save:
+            return
         os.makedirs(output_dir, exist_ok=True)
-        torch.save(offsets_state_dict(self.model), os.path.join(output_dir, OFFSETS_FILE))
+        torch.save(offsets, os.path.join(output_dir, OFFSETS_FILE))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -161,14 +222,20 @@ def training_arguments(
         gradient_accumulation_steps: int = 1,
         **kwargs) -> TrainingArguments:
     """The paper's recipe as ``TrainingArguments``: constant learning rate, no weight decay,
-    checkpoints of the offsets every ``save_steps`` (a tenth of the run by default)."""
+    checkpoints of the offsets every ``save_steps`` (a tenth of the run by default).
+
+    ``batch_size`` is the GLOBAL batch of one forward pass: under ``accelerate launch`` or
+    ``torchrun`` each of the N processes takes ``batch_size / N`` samples (an error if N does
+    not divide it), and the Trainer's sharded sampler deals the same samples a single process
+    would take in one batch out to the ranks, so the run follows the single-process one. An
+    optimizer step sees ``batch_size * gradient_accumulation_steps`` samples."""
     if steps < 1:
         raise ValueError(f"The number of training steps must be >= 1, got {steps}")
     save_steps = save_steps or max(1, math.ceil(steps / 10))
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=distributed.per_device_batch_size(batch_size),
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=lr,
         lr_scheduler_type="constant",

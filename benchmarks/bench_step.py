@@ -1,0 +1,285 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""One dMX training step of a whole model: float vs Brevitas's fixed MXFP8 vs dMX (eager and
+compiled), with the weights frozen.
+
+A step is forward + backward of the next-token loss. Every Linear but the LM head is quantized
+(weights and inputs, blocks of 32), as ``brevitas_dmx_llm`` does. dMX trains its offsets; the
+float and fixed-MXFP8 models have nothing to train, so their input embeddings require grad: every
+variant then runs the same backward through all decoder layers (what the offsets of the first
+layers need).
+
+The variants run interleaved in one process (float, MXFP8, dMX, ... repeated), so that a machine
+shared with other work disturbs them alike; the table gives medians and ratios.
+
+    python benchmarks/bench_step.py --model llama-1b-layers --layers 2 --tokens 512
+    python benchmarks/bench_step.py --model smollm2-135m --tokens 256
+    python benchmarks/bench_step.py --device cuda --model llama-1b-layers --layers 16 --tokens 2048
+
+``llama-1b-layers``: random weights with Llama-3.2-1B's shapes (hidden 2048, intermediate 8192,
+32 heads, 8 KV heads), ``--layers`` decoder layers, and by default a vocabulary scaled with the
+depth (128256 x layers / 16, so that the LM head keeps its share of the full model's work).
+"""
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import threading
+import time
+
+import torch
+from torch import nn
+
+# dmx-unfused: the learnable quantizers in a stock qnn.QuantLinear (before the fused step);
+# dmx: DMXQuantLinear, what brevitas_dmx_llm uses; dmx-compiled: the same with torch.compile.
+VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_float_model(name, layers, vocab, dtype):
+    if name == "smollm2-135m":
+        from brevitas_dmx.models import load_model
+        return load_model("smollm2-135m", "float32").to(dtype)
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM
+    vocab = vocab or max(1024, round(128256 * layers / 16))
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        torch_dtype=dtype)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.02)
+        for module in model.modules():  # the rotary inv_freq buffers and the norms
+            if hasattr(module, "rope_init_fn"):
+                inv_freq, _ = module.rope_init_fn(module.config, "cpu")
+                module.inv_freq.copy_(inv_freq)
+            if type(module).__name__.endswith("RMSNorm"):
+                module.weight.fill_(1.0)
+    return model.to(dtype)
+
+
+def quantize(model, variant):
+    import brevitas.nn as qnn
+    from brevitas.graph.quantize import layerwise_quantize
+
+    from brevitas_dmx.core.linear import DMXQuantLinear
+    from brevitas_dmx.quant import DMXFloatAct
+    from brevitas_dmx.quant import DMXFloatWeight
+    from brevitas_dmx.quant.fixed import fixed_mx_quantizer
+    if variant == "float":
+        return model
+    if variant == "brevitas-mxfp8":
+        weight, act = fixed_mx_quantizer("e4m3", "weight"), fixed_mx_quantizer("e4m3", "act")
+    else:
+        weight, act = DMXFloatWeight, DMXFloatAct
+    layer_class = DMXQuantLinear if variant in ("dmx", "dmx-compiled") else qnn.QuantLinear
+    layer_map = {
+        nn.Linear: (
+            layer_class, {
+                "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
+            })
+    }
+    return layerwise_quantize(model, layer_map, name_blacklist=["lm_head"])
+
+
+class RSSPeak:
+    """Peak resident memory during a block, sampled every 2 ms (CPU)."""
+
+    def __init__(self):
+        self.peak = 0
+
+    @staticmethod
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self._stop = False
+
+        def sample():
+            while not self._stop:
+                self.peak = max(self.peak, self.rss())
+                time.sleep(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def make_step(model, variant, input_ids, device):
+    """A closure running one training step; returns nothing."""
+    from brevitas_dmx.model import dmx_offsets
+    for param in model.parameters():
+        param.requires_grad_(False)
+    offsets = [o.raw_offset for o in dmx_offsets(model)]
+    for p in offsets:
+        p.requires_grad_(True)
+    model.train()
+    embed = model.get_input_embeddings()
+    labels = input_ids.clone()
+
+    def forward():
+        if offsets:
+            return model(input_ids=input_ids, labels=labels).loss
+        embeds = embed(input_ids).detach().requires_grad_(True)
+        return model(inputs_embeds=embeds, labels=labels).loss
+
+    def step():
+        for p in offsets:
+            p.grad = None
+        forward().backward()
+        if offsets:  # the optimizer step moves the format: no reuse across steps
+            with torch.no_grad():
+                for p in offsets:
+                    p.add_(1e-3)
+
+    return step, forward
+
+
+def saved_bytes(forward):
+    """Bytes the autograd graph keeps for backward (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), storage.device)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    del loss
+    return sum(storages.values())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama-1b-layers", choices=("llama-1b-layers", "smollm2-135m"))
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=256, help="sequence length")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    variants = args.variants.split(",")
+
+    from brevitas import config
+    config.IGNORE_MISSING_KEYS = True
+    base = build_float_model(args.model, args.layers, args.vocab, dtype)
+    vocab = base.config.vocab_size
+    torch.manual_seed(1)
+    input_ids = torch.randint(0, vocab, (args.batch, args.tokens), device=device)
+    steps, forwards = {}, {}
+    for variant in variants:
+        model = quantize(copy.deepcopy(base), variant).to(device)
+        steps[variant], forwards[variant] = make_step(model, variant, input_ids, device)
+    del base
+
+    import brevitas_dmx.functional as functional
+
+    def run(variant):
+        functional.enable_compile(variant == "dmx-compiled")
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with RSSPeak() as rss:
+            start = time.perf_counter()
+            steps[variant]()
+            _sync(device)
+            seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak - rss.base
+        return seconds, peak
+
+    warm = {}
+    for variant in variants:  # warm-up (and compilation) outside the timings
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            run(variant)
+        warm[variant] = time.perf_counter() - start
+    times = {v: [] for v in variants}
+    peaks = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for variant in variants:
+            seconds, peak = run(variant)
+            times[variant].append(seconds)
+            peaks[variant].append(peak)
+    saved = {}
+    for variant in variants:
+        functional.enable_compile(variant == "dmx-compiled")
+        saved[variant] = saved_bytes(forwards[variant])
+    functional.enable_compile(False)
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    print(
+        f"device: {name}, torch {torch.__version__}, model {args.model}"
+        f"{f' ({args.layers} layers, vocab {vocab})' if args.model != 'smollm2-135m' else ''}, "
+        f"batch {args.batch}x{args.tokens}, {args.dtype}, median of {args.repeats} interleaved")
+    peak_name = "CUDA peak (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
+    print(
+        f"| variant | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) | vs float "
+        f"| vs Brevitas | {peak_name} | warm-up steps (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    ref_t = statistics.median(times["float"]) if "float" in times else None
+    brv_t = statistics.median(times["brevitas-mxfp8"]) if "brevitas-mxfp8" in times else None
+    for variant in variants:
+        t = statistics.median(times[variant])
+        p = statistics.median(peaks[variant])
+        row = dict(variant=variant, step_s=t, times=times[variant], saved_bytes=saved[variant],
+                   peak_bytes=p, warmup_s=warm[variant])
+        rows.append(row)
+
+        def ratio(a, b):
+            return "-" if b is None else f"{a / b:.2f}x"
+
+        print(
+            f"| {variant} | {t:.3f} | {ratio(t, ref_t)} | {ratio(t, brv_t)} "
+            f"| {saved[variant] / 2**20:.0f} "
+            f"| {ratio(saved[variant], saved.get('float'))} "
+            f"| {ratio(saved[variant], saved.get('brevitas-mxfp8'))} | {p / 2**20:.0f} "
+            f"| {warm[variant]:.1f} |")
+    print(f"all step times (s): " + ", ".join(
+        f"{v}: {[round(x, 3) for x in times[v]]}" for v in variants))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "args": vars(args), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

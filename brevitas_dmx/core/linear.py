@@ -1,0 +1,141 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""A Linear layer whose dMX training step keeps little for backward.
+
+In ``qnn.QuantLinear`` the fake-quantized input and weight are new tensors that the matrix
+product keeps for backward, besides what the quantizers keep: with frozen weights that is one
+extra copy of every weight (and of every layer input) per step. ``DMXQuantLinear`` runs the two
+quantizers and the product as one autograd function while training: it keeps the layer input,
+the weight (the parameter itself) and the block scales, and recomputes the quantized values in
+backward, where the format gradient recomputes the element rounding anyway. The weight's
+rounding is done once per pass (``values_backward`` gives the quantized weight and its sums
+together); only the input's is done twice in backward. Outputs equal ``qnn.QuantLinear``'s
+exactly; gradients equal them up to the order of float sums in the matrix products.
+
+Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
+output quantizer, a feature count that is not a multiple of the block) takes
+``qnn.QuantLinear``'s own path.
+"""
+
+from typing import Optional
+
+import brevitas.nn as qnn
+import torch
+from torch import Tensor
+import torch.nn.functional as F
+
+from brevitas_dmx.functional import _KERNELS
+from brevitas_dmx.functional import width_grads
+
+
+class _DMXLinear(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x):
+        xb = x.unflatten(-1, (-1, group))
+        wb = weight.unflatten(-1, (-1, group))
+        xq, scale_x = _KERNELS["forward"](xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
+        wq, scale_w = _KERNELS["forward"](wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
+        out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
+        ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w)
+        ctx.settings = (group, rule_w, rule_x, bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w = ctx.saved_tensors
+        group, rule_w, rule_x, has_bias = ctx.settings
+        need_x, _, need_b = ctx.needs_input_grad[:3]
+        need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
+        dtype = x.dtype
+        ex, mx = e_x.to(dtype), m_x.to(dtype)
+        ew, mw = e_w.to(dtype), m_w.to(dtype)
+        xb = x.unflatten(-1, (-1, group))
+        wb = weight.unflatten(-1, (-1, group))
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+        # d loss / d (quantized weight) = grad^T @ quantized input
+        xq, _ = _KERNELS["forward"](xb, ex, mx, rule_x)
+        grad_wq = grad_2d.t().mm(xq.reshape(-1, x.shape[-1]).to(grad_2d.dtype))
+        del xq
+        shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
+        wq, *sums_w = _KERNELS["values_backward"](
+            wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+        del grad_wq
+        grad_x = grad_e_x = grad_m_x = None
+        if need_x or need_fx:
+            grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
+            shape_x = torch.broadcast_shapes(e_x.shape, m_x.shape)
+            grad_xb, *sums_x = _KERNELS["backward"](
+                xb, ex, mx, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
+            grad_x = grad_xb.flatten(-2) if need_x else None
+            if need_fx:
+                grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
+        grad_e_w = grad_m_w = None
+        if need_fw:
+            grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
+        grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
+        return (
+            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None)
+
+
+def fused_quantizers(layer: qnn.QuantLinear):
+    """(weight DMXFloatQuant, input DMXFloatQuant) when ``layer``'s training step can take the
+    fused path, else None."""
+    from brevitas_dmx.proxy import dmx_quant_of
+    if not (layer.training and torch.is_grad_enabled()) or layer.return_quant_tensor:
+        return None
+    if layer.weight.requires_grad:  # dMX freezes the weights; training them takes the stock path
+        return None
+    if layer.output_quant.is_quant_enabled or (
+            layer.bias is not None and layer.bias_quant.is_quant_enabled):
+        return None
+    if not (layer.weight_quant.is_quant_enabled and layer.input_quant.is_quant_enabled):
+        return None
+    wq, xq = dmx_quant_of(layer.weight_quant), dmx_quant_of(layer.input_quant)
+    if wq is None or xq is None or wq.is_pinned or xq.is_pinned:
+        return None
+    if wq.group_size != xq.group_size or layer.in_features % wq.group_size:
+        return None
+    if wq.group_dim not in (1, -1) or xq.group_dim != -1:
+        return None
+    return wq, xq
+
+
+class DMXQuantLinear(qnn.QuantLinear):
+    """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
+    layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does)."""
+
+    def forward(self, input):
+        quants = fused_quantizers(self) if isinstance(input, Tensor) else None
+        if quants is None or self.export_mode:
+            return super().forward(input)
+        wq, xq = quants
+        xq.last_input_shape = tuple(input.shape)
+        wq.last_input_shape = tuple(self.weight.shape)
+        e_w, m_w = wq.widths()
+        e_x, m_x = xq.widths()
+        return _DMXLinear.apply(
+            input,
+            self.weight,
+            self.bias,
+            e_w,
+            m_w,
+            e_x,
+            m_x,
+            wq.group_size,
+            wq.scale_rule,
+            xq.scale_rule)
+
+
+def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
+    """A ``layerwise_quantize`` map that puts ``DMXQuantLinear`` on every ``nn.Linear``."""
+    return {
+        torch.nn.Linear: (
+            DMXQuantLinear,
+            dict(
+                weight_quant=weight_quant,
+                input_quant=input_quant,
+                return_quant_tensor=False,
+                **kwargs))
+    }

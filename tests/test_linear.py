@@ -1,0 +1,86 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""DMXQuantLinear: the fused training step gives qnn.QuantLinear's outputs and gradients and
+keeps less for backward; outside training it is qnn.QuantLinear."""
+
+import brevitas.nn as qnn
+import pytest
+import torch
+
+import brevitas_dmx as dmx
+from brevitas_dmx.core.linear import DMXQuantLinear
+from brevitas_dmx.quant import DMXFloatAct
+from brevitas_dmx.quant import DMXFloatStaircaseAct
+from brevitas_dmx.quant import DMXFloatStaircaseWeight
+from brevitas_dmx.quant import DMXFloatWeight
+
+
+def _pair(bias, weight_quant, act_quant, raw):
+    torch.manual_seed(0)
+    stock = qnn.QuantLinear(
+        96, 40, bias=bias, weight_quant=weight_quant, input_quant=act_quant,
+        return_quant_tensor=False)
+    fused = DMXQuantLinear(
+        96, 40, bias=bias, weight_quant=weight_quant, input_quant=act_quant,
+        return_quant_tensor=False)
+    fused.load_state_dict(stock.state_dict())
+    for layer in (stock, fused):
+        for p in layer.parameters():
+            p.requires_grad_(False)
+        for offset in dmx.dmx_offsets(layer):
+            offset.raw_offset.data.fill_(raw)
+            offset.raw_offset.requires_grad_(True)
+        layer.train()
+    return stock, fused
+
+
+def _saved_bytes(fn):
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("raw", [0.3, 1.1, 1.9])
+@pytest.mark.parametrize("ladder", ["sigmoid", "staircase"])
+def test_fused_step_equals_quant_linear(bias, raw, ladder):
+    quants = (DMXFloatWeight, DMXFloatAct) if ladder == "sigmoid" else (
+        DMXFloatStaircaseWeight, DMXFloatStaircaseAct)
+    stock, fused = _pair(bias, *quants, raw)
+    x = torch.randn(3, 5, 96) * torch.logspace(-3, 2, 96)
+    x[0, 0, :32] = 0
+    results = []
+    for layer in (stock, fused):
+        xx = x.clone().requires_grad_(True)
+        y = layer(xx)
+        (y.pow(2).sum()).backward()
+        results.append((y.detach(), xx.grad, [o.raw_offset.grad for o in dmx.dmx_offsets(layer)]))
+    (y0, gx0, go0), (y1, gx1, go1) = results
+    assert torch.equal(y0, y1)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(go0, go1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # the size-weighted average still sees the input shape
+    assert dmx.average_bits(fused, "size") == dmx.average_bits(stock, "size")
+
+
+def test_fused_step_keeps_less_for_backward():
+    stock, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.0)
+    x = torch.randn(64, 96, requires_grad=True)
+    assert _saved_bytes(lambda: fused(x)) < _saved_bytes(lambda: stock(x))
+
+
+def test_eval_and_no_grad_take_the_stock_path():
+    stock, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.5)
+    x = torch.randn(4, 96)
+    stock.eval(), fused.eval()
+    assert torch.equal(stock(x), fused(x))
+    fused.train(), stock.train()
+    with torch.no_grad():
+        assert torch.equal(stock(x), fused(x))
