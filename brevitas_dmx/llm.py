@@ -333,7 +333,6 @@ def _texts(args):
 
 
 def _layer_map(args):
-    import brevitas.nn as qnn
 
     from brevitas_dmx import quant
     names = {
