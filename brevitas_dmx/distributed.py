@@ -136,19 +136,9 @@ def perplexity(
     from brevitas_dmx.evaluate import perplexity as single_process_perplexity
     if not is_distributed():
         return single_process_perplexity(model, windows, batch_size, desc)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_nll, total_tokens = 0.0, 0
+    from brevitas_dmx.evaluate import nll_sum
     starts = list(range(0, len(windows), batch_size))[rank()::world_size()]
-    for start in starts:
-        batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += batch[:, 1:].numel()
-    model.train(was_training)
+    total_nll, total_tokens = nll_sum(model, windows, batch_size, desc, starts)
     totals = all_reduce(torch.tensor([total_nll, float(total_tokens)], dtype=torch.float64))
     return math.exp(float(totals[0]) / float(totals[1]))
 

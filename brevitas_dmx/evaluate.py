@@ -12,14 +12,17 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def perplexity(
-        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
-    """exp(mean next-token NLL) over ``windows`` ([n, seqlen] token ids), in eval mode."""
+def nll_sum(
+        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity", starts=None):
+    """(summed next-token NLL, token count) over the batches of ``windows`` ([n, seqlen] token
+    ids) that begin at ``starts`` (all of them by default), in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    if starts is None:
+        starts = range(0, len(windows), batch_size)
     total_nll, total_tokens = 0.0, 0
-    for start in tqdm(range(0, len(windows), batch_size), desc=desc, leave=False):
+    for start in tqdm(starts, desc=desc, leave=False):
         batch = windows[start:start + batch_size].to(device)
         logits = model(input_ids=batch).logits.float()
         nll = torch.nn.functional.cross_entropy(
@@ -27,6 +30,13 @@ def perplexity(
         total_nll += float(nll)
         total_tokens += batch[:, 1:].numel()
     model.train(was_training)
+    return total_nll, total_tokens
+
+
+def perplexity(
+        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
+    """exp(mean next-token NLL) over ``windows`` ([n, seqlen] token ids), in eval mode."""
+    total_nll, total_tokens = nll_sum(model, windows, batch_size, desc)
     return math.exp(total_nll / total_tokens)
 
 
