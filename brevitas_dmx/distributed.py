@@ -187,6 +187,21 @@ def sync_offsets(model: nn.Module) -> float:
     return float(spread[0])
 
 
+def average_grads_over_ranks(params) -> None:
+    """Averages the gradients of ``params`` over the ranks as soon as each is accumulated.
+
+    For parameters kept out of FSDP's shards (the dMX offsets: ``fully_shard`` refuses 0-d
+    parameters), whose gradients no FSDP reduce-scatter averages. A no-op in a single process.
+    """
+    def average(param):
+        if param.grad is not None and world_size() > 1:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(world_size())
+
+    for param in params:
+        param.register_post_accumulate_grad_hook(average)
+
+
 def dump_rank_offsets(model: nn.Module, directory: Optional[str] = None) -> Optional[str]:
     """Writes this rank's offsets to ``directory/offsets_rank{R}.pt`` when ``directory`` (or the
     ``BREVITAS_DMX_RANK_OFFSETS`` environment variable) names a folder."""

@@ -137,6 +137,11 @@ def build_parser():
         default="none",
         help="Layers a deployment fuses share one format.")
     group.add_argument("--dmx-scale-rule", choices=("floor", "nonclip"), default="floor")
+    group.add_argument(
+        "--dmx-compile",
+        action="store_true",
+        help="Fuse the quantizers' element-wise work with torch.compile (the first steps "
+        "compile, ~20 s on a CPU; pays off over a long run, BENCHMARKS.md section 5).")
     group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
     group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
     group.add_argument(
@@ -423,10 +428,12 @@ def _preset_map(args, layer_names: List[str]) -> Dict:
         return json.load(f)
 
 
-def _train(args, model, calib, out_dir, weighting_kwargs) -> None:
-    """dMX proper: trains the offsets under the budget penalty (resumable)."""
+def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
+    """dMX proper: trains the offsets under the budget penalty (resumable). Returns how the
+    training was parallelized: accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from brevitas_dmx.functional import enable_compile
     from brevitas_dmx.model import set_rounding
     from brevitas_dmx.solver import DMXTrainer
     from brevitas_dmx.solver import ScalingPenalty
@@ -440,6 +447,8 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> None:
     else:
         regularizer = ScalingPenalty(args.dmx_lambda, **weighting_kwargs)
     set_rounding(model, args.dmx_rounding)
+    if args.dmx_compile:
+        enable_compile(True)
     checkpoints = os.path.join(out_dir, "checkpoints")
     training_args = training_arguments(
         checkpoints, args.dmx_steps, args.dmx_batch_size, args.dmx_lr, args.seed)
@@ -461,6 +470,7 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> None:
     if distributed.is_main():
         torch.save(offsets, os.path.join(out_dir, "dmx_offsets.pt"))
         save_problem(budget_problem(model), out_dir)
+    return str(trainer.accelerator.distributed_type.value)
 
 
 def run_dmx(args) -> Dict:
@@ -547,7 +557,7 @@ def run_dmx(args) -> Dict:
         weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
     search_start = time.perf_counter()
     if method == "dmx":
-        _train(args, model, calib, out_dir, weighting_kwargs)
+        metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
         metrics["train_time_s"] = time.perf_counter() - search_start
         metrics["train_steps"] = args.dmx_steps
         model.eval()

@@ -143,3 +143,27 @@ def test_single_process_helpers_are_no_ops(tiny_folder):
     assert distributed.device().type in ("cpu", "cuda")
     from brevitas_dmx.solver.trainer import training_arguments
     assert training_arguments("unused", 2, batch_size=6).per_device_train_batch_size == 6
+
+
+def test_fsdp2_shards_weights_and_keeps_offsets_identical(tmp_path):
+    # accelerate enables FSDP on GPUs only; tests/fsdp_worker.py applies FSDP2 on the CPU the way
+    # accelerate does with DMXTrainer's settings (offsets ignored, their gradients averaged).
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
+    _run([sys.executable, worker, str(tmp_path / "single")], _env())
+    _run([
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        worker, str(tmp_path / "fsdp")
+    ],
+         _env())
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    rank0 = torch.load(tmp_path / "fsdp" / "rank0.pt")
+    rank1 = torch.load(tmp_path / "fsdp" / "rank1.pt")
+    assert rank0["sharded"] and rank1["sharded"] and not single["sharded"]
+    for a, b in zip(rank0["offsets"], rank1["offsets"]):
+        assert torch.equal(a, b)
+    # same global batch: the single-process offsets, up to the order of float sums (the offsets
+    # moved by ~1-5 in 4 steps, so this is not a comparison of untouched values)
+    moved = max(float((a - 0.2).abs()) for a in single["offsets"])
+    assert moved > 0.5
+    worst = max(float((a - b).abs()) for a, b in zip(single["offsets"], rank0["offsets"]))
+    assert worst <= 1e-5, worst

@@ -2,6 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The functional core against independent references: ml_dtypes grids and Brevitas's MX."""
 
+import math
+
 from autograd_reference import reference_quantize_blocks
 import brevitas.nn as qnn
 from conftest import mx_stress_tensor
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.functional import _binade
 from brevitas_dmx.functional import mx_fake_quantize
 from brevitas_dmx.functional import mx_max_normal
 from brevitas_dmx.functional import mx_quantize_blocks
@@ -117,6 +120,20 @@ def test_matches_brevitas_activation_quantizer(fmt, scale_rule):
         fixed_mx_quantizer(fmt, "act", scale_rule).let(group_dim=-1), return_quant_tensor=True)
     expected = act(x).value
     assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_binade_equals_frexp_on_normal_numbers(dtype):
+    # The exponent-field read must agree with frexp (an independent, exact reference) on every
+    # normal number, from the smallest to the largest, at and just below powers of two.
+    info = torch.finfo(dtype)
+    powers = torch.arange(math.ceil(math.log2(info.tiny)), math.floor(math.log2(info.max)) + 1)
+    below = torch.nextafter(torch.exp2(powers.double()).to(dtype), torch.zeros((), dtype=dtype))
+    x = torch.cat([torch.exp2(powers.double()).to(dtype), below, torch.randn(4096, dtype=dtype)])
+    x = torch.cat([x, -x])
+    x = x[x.abs() >= info.tiny]
+    expected = torch.frexp(x)[1].to(dtype) - 1
+    assert torch.equal(_binade(x), expected)
 
 
 @pytest.mark.parametrize("fmt,expected", [(f, spec[3]) for f, spec in sorted(OCP_FORMATS.items())])
@@ -275,3 +292,32 @@ def test_custom_backward_saves_only_the_input_and_block_scales():
         mx_fake_quantize(x, e, e - 1)
     big = [t for t in saved if t.numel() > x.numel() // 32]  # more than one value per block
     assert len(big) == 1 and big[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+
+
+def test_compiled_kernels_match_eager():
+    # --dmx-compile swaps in torch.compile'd kernels: the same values at hardware formats, and
+    # the same gradient sums up to the order of float additions.
+    from brevitas_dmx import functional
+    torch.manual_seed(0)
+    blocks = torch.randn(8, 4, 32) * torch.exp2(torch.randint(-8, 8, (8, 4, 1)).float())
+    grad = torch.randn_like(blocks)
+    eager = dict(functional._KERNELS)
+    try:
+        functional.enable_compile(True)
+        compiled = dict(functional._KERNELS)
+    finally:
+        functional.enable_compile(False)
+    assert compiled["forward"] is not eager["forward"]
+    for e, m, exact in ((4.0, 3.0, True), (2.0, 1.0, True), (3.3, 2.2, False)):
+        e, m = torch.tensor(e), torch.tensor(m)
+        out_eager, scale = eager["forward"](blocks, e, m, "floor")
+        out_compiled, scale_compiled = compiled["forward"](blocks, e, m, "floor")
+        assert torch.equal(scale, scale_compiled)
+        if exact:
+            assert torch.equal(out_eager, out_compiled)
+        else:
+            torch.testing.assert_close(out_compiled, out_eager, rtol=1e-6, atol=0)
+        sums_eager = eager["values_backward"](blocks, e, m, scale, grad, ())
+        sums_compiled = compiled["values_backward"](blocks, e, m, scale, grad, ())
+        for got, expected in zip(sums_compiled, sums_eager):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -156,15 +156,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
         plugin = self.accelerator.state.fsdp_plugin
         ignored = list(getattr(plugin, "ignored_modules", None) or [])
         plugin.ignored_modules = ignored + [o for o in offsets if o not in ignored]
-        world = distributed.world_size()
-
-        def average(param):
-            if param.grad is not None and world > 1:
-                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
-                param.grad.div_(world)
-
-        for offset in offsets:
-            offset.raw_offset.register_post_accumulate_grad_hook(average)
+        distributed.average_grads_over_ranks(o.raw_offset for o in offsets)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
