@@ -27,7 +27,8 @@ def reference_quantize_blocks(blocks, e, m, scale_rule="floor"):
     scale = torch.exp2(k)
     y = blocks / scale
     binade = torch.floor(torch.log2(y.detach().abs() + torch.finfo(y.dtype).tiny))
-    step = torch.exp2(torch.maximum(binade, 1 - bias) - m)
+    # 2**(max(binade, 1 - bias) - m), as a power of two times 2**-m (the package's rounding)
+    step = torch.maximum(torch.exp2(binade), torch.exp2(1 - bias)) * torch.exp2(-m)
     q = step * _round_ste(y / step)
     q = torch.where(q > max_normal, max_normal, q)
     q = torch.where(q < -max_normal, -max_normal, q)
