@@ -145,6 +145,11 @@ def build_parser():
     group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
     group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
     group.add_argument(
+        "--dmx-retarget-from",
+        default=None,
+        help="A finished dMX run's output folder: reuse its learned offsets (no training) and "
+        "project them onto --dmx-target-bits.")
+    group.add_argument(
         "--dmx-eval-windows",
         type=int,
         default=64,
@@ -243,6 +248,16 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(f"--dmx-format: {err}") from None
     elif args.dmx_format is not None:
         raise UsageError("--dmx-format is the format of --dmx-method uniform only")
+    if args.dmx_retarget_from is not None:
+        if method != "dmx":
+            raise UsageError("--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
+        if args.dmx_resume:
+            raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
+        offsets = os.path.join(args.dmx_retarget_from, "dmx_offsets.pt")
+        if not os.path.isfile(offsets):
+            raise UsageError(
+                f"--dmx-retarget-from {args.dmx_retarget_from!r}: no {os.path.basename(offsets)} "
+                f"there (the folder of a finished dMX run, its --dmx-output)")
     if method in ("dmx", "kl", "fisher") and args.dmx_target_bits is None:
         raise UsageError(
             f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
@@ -556,7 +571,17 @@ def run_dmx(args) -> Dict:
     weighting_kwargs = dict(
         weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
     search_start = time.perf_counter()
-    if method == "dmx":
+    if method == "dmx" and args.dmx_retarget_from:
+        from brevitas_dmx.solver.trainer import load_offsets
+        load_offsets(
+            model,
+            torch.load(os.path.join(args.dmx_retarget_from, "dmx_offsets.pt"), map_location="cpu"))
+        metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
+        print(f"[dMX] offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
+        model.eval()
+        metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
+        projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)
+    elif method == "dmx":
         metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
         metrics["train_time_s"] = time.perf_counter() - search_start
         metrics["train_steps"] = args.dmx_steps
@@ -686,13 +711,13 @@ def append_result(path: str, metrics: Dict, args) -> None:
         key: metrics.get(key) for key in (
             "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
             "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
-            "search_time_s", "zero_shot_time_s", "total_time_s", "device")
+            "search_time_s", "zero_shot_time_s", "total_time_s", "device", "retargeted_from")
     }
     record.update(
         label=args.dmx_label,
         seqlen=args.seqlen,
         nsamples=args.nsamples,
-        steps=args.dmx_steps if metrics["method"] == "dmx" else None,
+        steps=args.dmx_steps if "train_steps" in metrics else None,
         regularizer=args.dmx_regularizer,
         rounding=args.dmx_rounding,
         output=os.path.abspath(args.dmx_resume or args.dmx_output),

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="Formats of the uniform points (default: e2m1, e2m3, e4m3: MXFP4, MXFP6, MXFP8).")
+    parser.add_argument(
+        "--retarget-from",
+        type=float,
+        default=None,
+        help="One of --targets: the offsets dMX learned for it are also re-projected onto every "
+        "other target, without training (extra points, the 'dmx retargeted' line).")
     parser.add_argument("--output", required=True, help="Folder for the points and the report.")
     parser.add_argument(
         "--average",
@@ -98,6 +104,27 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
                         "--dmx-skip-baselines"
                     ]))
     out = os.path.abspath(args.output)
+    if args.retarget_from is not None and "dmx" in args.methods:
+        source = os.path.join(
+            out, "points", f"dmx-{args.ladder}-{_target_label(args.retarget_from)}")
+        for target in args.targets:
+            if target == args.retarget_from:
+                continue
+            label = (
+                f"retarget-{args.ladder}-{_target_label(target)}-from-"
+                f"{_target_label(args.retarget_from)}")
+            points.append(
+                (
+                    label,
+                    common + ladder + [
+                        "--dmx-method",
+                        "dmx",
+                        "--dmx-target-bits",
+                        str(target),
+                        "--dmx-skip-baselines",
+                        "--dmx-retarget-from",
+                        source
+                    ]))
     runs = []
     for label, argv in points:
         folder = os.path.join(out, "points", label)
@@ -133,6 +160,8 @@ def _bits(record: Dict, average: str) -> Optional[float]:
 def _series(record: Dict) -> str:
     """The line a point belongs to in the plot."""
     method = record["method"]
+    if record.get("retargeted_from"):
+        return f"dmx retargeted ({record['ladder']})"
     if method in ("kl", "fisher", "dmx"):
         return f"{method} ({record['ladder']})"
     return method
@@ -246,6 +275,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.report_only:
         if {"kl", "fisher", "dmx"} & set(args.methods) and not args.targets:
             parser.error("--targets is needed for the kl, fisher and dmx points")
+        if args.retarget_from is not None and (
+                args.retarget_from not in args.targets or "dmx" not in args.methods):
+            parser.error("--retarget-from must be one of --targets, with the dmx method")
         try:
             for fmt in args.uniform_formats or []:
                 element_format(fmt)
@@ -257,6 +289,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         llm_parser = llm.build_parser()
         for label, point_argv in points:
             try:
+                if "--dmx-retarget-from" in point_argv:  # its source point runs first
+                    at = point_argv.index("--dmx-retarget-from")
+                    point_argv = point_argv[:at] + point_argv[at + 2:]
                 parsed, extra = llm_parser.parse_known_args(point_argv)
                 if extra:
                     raise llm.UsageError(f"unrecognized arguments: {' '.join(extra)}")

@@ -157,3 +157,49 @@ def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
     first, second = records["fisher-mxfp8-mxfp4-5"], records["fisher-mxfp8-mxfp4-6"]
     assert first["search_time_s"] > 0
     assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)
+
+
+@pytest.fixture(scope="module")
+def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("retarget")
+    argv = [
+        "--model", tiny_folder, "--dataset", text_file, "--methods", "dmx", "--targets", "5", "6",
+        "--retarget-from", "5", "--output", str(out)
+    ] + LLM_ARGS + ["--dmx-steps", "3", "--dmx-batch-size", "2"]
+    assert pareto.main(argv) == 0
+    return out
+
+
+def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
+    assert labels(retarget_sweep) == [
+        "dmx-mxfp8-mxfp4-5", "dmx-mxfp8-mxfp4-6", "retarget-mxfp8-mxfp4-6-from-5"
+    ]
+    records = {r["label"]: r for r in pareto.read_results(str(retarget_sweep / "results.jsonl"))}
+    point = records["retarget-mxfp8-mxfp4-6-from-5"]
+    assert point["retargeted_from"].endswith("dmx-mxfp8-mxfp4-5")
+    assert point["steps"] is None and records["dmx-mxfp8-mxfp4-5"]["steps"] == 3
+    assert point["bits"][point["average"]] <= 6
+    assert "dmx retargeted (mxfp8-mxfp4)" in pareto._series(point)
+
+
+def test_retarget_to_the_trained_target_gives_the_trained_map(retarget_sweep, tiny_folder,
+                                                                text_file, tmp_path):
+    source = retarget_sweep / "points" / "dmx-mxfp8-mxfp4-5"
+    argv = [
+        "--model", tiny_folder, "--dataset", text_file, "--dmx", "--dmx-target-bits", "5",
+        "--dmx-retarget-from", str(source), "--dmx-output", str(tmp_path / "again"),
+        "--dmx-skip-baselines"
+    ] + LLM_ARGS[1:]
+    assert llm.main(argv) == 0
+    again = json.loads((tmp_path / "again" / "format_map.json").read_text())
+    assert again == json.loads((source / "format_map.json").read_text())
+
+
+def test_retarget_from_a_folder_without_offsets_fails_early(tiny_folder, text_file, tmp_path):
+    parser = llm.build_parser()
+    args = parser.parse_args([
+        "--model", tiny_folder, "--dataset", text_file, "--dmx", "--dmx-target-bits", "5",
+        "--dmx-retarget-from", str(tmp_path)
+    ])
+    with pytest.raises(llm.UsageError, match="no dmx_offsets.pt there"):
+        llm.validate(parser, args)
