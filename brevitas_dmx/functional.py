@@ -74,13 +74,13 @@ def _scale_exponent_term(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
     return -torch.log2(mx_max_normal(e, m))
 
 
-def _block_scale(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
+def _block_scale(blocks: Tensor, max_exponent: Tensor, max_normal: Tensor, scale_rule: str):
     """The shared power-of-two scale of each block (last dimension kept, of size 1)."""
     amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALING_MIN_VAL)
     if scale_rule == "floor":
-        scale_exponent = torch.floor(torch.log2(amax)) - mx_max_exponent(e)
+        scale_exponent = torch.floor(torch.log2(amax)) - max_exponent
     else:
-        scale_exponent = torch.ceil(torch.log2(amax / mx_max_normal(e, m)))
+        scale_exponent = torch.ceil(torch.log2(amax / max_normal))
     return torch.exp2(scale_exponent)
 
 
@@ -109,37 +109,52 @@ def _binade_power(x: Tensor) -> Tensor:
     return (x.view(int_dtype) & mask).view(x.dtype)
 
 
-def _element_step(scaled: Tensor, e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor]:
+def _element_step(scaled: Tensor, min_normal: Tensor, step_factor: Tensor):
     """Grid spacing of each scaled element, ``2**(max(binade, 1 - bias) - m)``, and whether it
     lies in the subnormal range.
 
     The binade is exact (``_binade_power``); at a power of two it may differ from Brevitas's float
     ``log2`` by one binade for values within an ulp below it, where both grids round to the same
-    power of two. The step is formed as a power of two times ``2**-m``: at hardware formats it
-    is exact, and at fractional ones it is within an ulp of ``exp2(binade - m)``.
+    power of two. The step is formed as a power of two times ``step_factor = 2**-m``: at hardware
+    formats it is exact, and at fractional ones it is within an ulp of ``exp2(binade - m)``.
     """
     power = _binade_power(scaled)
-    min_normal = torch.exp2(1 - mx_exponent_bias(e))
     subnormal = power < min_normal
-    return torch.maximum(power, min_normal) * torch.exp2(-m), subnormal
+    return torch.maximum(power, min_normal) * step_factor, subnormal
 
 
-def _forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str):
-    """Fake-quantized blocks and block scales; no autograd."""
-    max_normal = mx_max_normal(e, m)
-    scale = _block_scale(blocks, e, m, scale_rule)
+def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What the element kernels need of a (possibly fractional) format: the largest exponent,
+    the largest value, the smallest normal value ``2**(1 - bias)`` and ``2**-m``.
+
+    Computed once per call, outside the element-wise kernels: inside a compiled loop they would
+    be recomputed (four scalar ``exp2``) for every vector of elements.
+    """
+    return (
+        mx_max_exponent(e),
+        mx_max_normal(e, m),
+        torch.exp2(1 - mx_exponent_bias(e)),
+        torch.exp2(-m))
+
+
+# The element-wise kernels take the format as ``format_constants``; they are what
+# ``enable_compile`` compiles. No autograd inside.
+
+
+def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule):
+    """Fake-quantized blocks and block scales."""
+    scale = _block_scale(blocks, max_exponent, max_normal, scale_rule)
     out = blocks / scale
-    step, _ = _element_step(out, e, m)
+    step, _ = _element_step(out, min_normal, step_factor)
     out = torch.round(out / step) * step
     out = torch.clamp(out, -max_normal, max_normal) * scale
     return out, scale
 
 
-def _backward_kernel(blocks, e, m, scale, grad_out, shape):
-    """Input gradient and the three sums the format gradient needs; no autograd."""
-    max_normal = mx_max_normal(e, m)
+def _backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
+    """Input gradient and the three sums the format gradient needs."""
     scaled = blocks / scale
-    step, subnormal = _element_step(scaled, e, m)
+    step, subnormal = _element_step(scaled, min_normal, step_factor)
     rounded = torch.round(scaled / step) * step
     # +1 where the element saturates high, -1 low, 0 inside the range
     saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
@@ -154,12 +169,11 @@ def _backward_kernel(blocks, e, m, scale, grad_out, shape):
     return grad_blocks, sum_error, sum_error_subnormal, sum_saturated
 
 
-def _values_backward_kernel(blocks, e, m, scale, grad_out, shape):
+def _values_backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
     """For a frozen tensor (a weight): its fake-quantized value and the three sums of
-    ``_backward_kernel``, from one pass over the elements; no input gradient."""
-    max_normal = mx_max_normal(e, m)
+    ``_backward_elements``, from one pass over the elements; no input gradient."""
     scaled = blocks / scale
-    step, subnormal = _element_step(scaled, e, m)
+    step, subnormal = _element_step(scaled, min_normal, step_factor)
     rounded = torch.round(scaled / step) * step
     clamped = torch.clamp(rounded, -max_normal, max_normal)
     saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
@@ -172,11 +186,34 @@ def _values_backward_kernel(blocks, e, m, scale, grad_out, shape):
     return clamped * scale, sum_error, sum_error_subnormal, sum_saturated
 
 
-_KERNELS = {
-    "forward": _forward_kernel,
-    "backward": _backward_kernel,
-    "values_backward": _values_backward_kernel
+_EAGER = {
+    "forward": _forward_elements,
+    "backward": _backward_elements,
+    "values_backward": _values_backward_elements
 }
+_KERNELS = dict(_EAGER)
+
+
+def forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str):
+    """Fake-quantized blocks and block scales (widths in ``blocks``' dtype); no autograd."""
+    max_exponent, max_normal, min_normal, step_factor = format_constants(e, m)
+    return _KERNELS["forward"](
+        blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule)
+
+
+def backward_kernel(blocks, e, m, scale, grad_out, shape):
+    """Input gradient and the three per-block sums of the format gradient; no autograd."""
+    _, max_normal, min_normal, step_factor = format_constants(e, m)
+    return _KERNELS["backward"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def values_backward_kernel(blocks, e, m, scale, grad_out, shape):
+    """A frozen tensor's fake-quantized value and the three sums, in one pass; no autograd."""
+    _, max_normal, min_normal, step_factor = format_constants(e, m)
+    return _KERNELS["values_backward"](
+        blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
 _COMPILED = {}
 
 
@@ -185,16 +222,12 @@ def enable_compile(enabled: bool = True) -> None:
     each shape family compiles). Also switched on by ``BREVITAS_DMX_COMPILE=1``."""
     if enabled:
         if not _COMPILED:  # compiled once: switching back and forth reuses the compilation
-            _COMPILED.update(
-                forward=torch.compile(_forward_kernel, dynamic=True),
-                backward=torch.compile(_backward_kernel, dynamic=True),
-                values_backward=torch.compile(_values_backward_kernel, dynamic=True))
+            _COMPILED.update({
+                name: torch.compile(kernel, dynamic=True) for name, kernel in _EAGER.items()
+            })
         _KERNELS.update(_COMPILED)
     else:
-        _KERNELS.update(
-            forward=_forward_kernel,
-            backward=_backward_kernel,
-            values_backward=_values_backward_kernel)
+        _KERNELS.update(_EAGER)
 
 
 if os.environ.get("BREVITAS_DMX_COMPILE", "0") not in ("", "0"):
@@ -214,7 +247,7 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
         e = exponent_bits.to(blocks.dtype)
         m = mantissa_bits.to(blocks.dtype)
-        out, scale = _KERNELS["forward"](blocks, e, m, scale_rule)
+        out, scale = forward_kernel(blocks, e, m, scale_rule)
         ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
         ctx.mark_non_differentiable(scale)
@@ -225,7 +258,7 @@ class _MXQuantizeBlocks(torch.autograd.Function):
         blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
         dtype = blocks.dtype
         shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
-        grad_blocks, sum_error, sum_error_subnormal, sum_saturated = _KERNELS["backward"](
+        grad_blocks, sum_error, sum_error_subnormal, sum_saturated = backward_kernel(
             blocks, exponent_bits.to(dtype), mantissa_bits.to(dtype), scale, grad_out, shape)
         if not ctx.needs_input_grad[0]:
             grad_blocks = None

@@ -301,23 +301,29 @@ def test_compiled_kernels_match_eager():
     torch.manual_seed(0)
     blocks = torch.randn(8, 4, 32) * torch.exp2(torch.randint(-8, 8, (8, 4, 1)).float())
     grad = torch.randn_like(blocks)
-    eager = dict(functional._KERNELS)
+    cases = ((4.0, 3.0, True), (2.0, 1.0, True), (3.3, 2.2, False))
+
+    def run():
+        results = []
+        for e, m, _ in cases:
+            e, m = torch.tensor(e), torch.tensor(m)
+            out, scale = functional.forward_kernel(blocks, e, m, "floor")
+            sums = functional.values_backward_kernel(blocks, e, m, scale, grad, ())
+            results.append((out, scale, sums))
+        return results
+
+    eager = run()
     try:
         functional.enable_compile(True)
-        compiled = dict(functional._KERNELS)
+        assert functional._KERNELS["forward"] is not functional._EAGER["forward"]
+        compiled = run()
     finally:
         functional.enable_compile(False)
-    assert compiled["forward"] is not eager["forward"]
-    for e, m, exact in ((4.0, 3.0, True), (2.0, 1.0, True), (3.3, 2.2, False)):
-        e, m = torch.tensor(e), torch.tensor(m)
-        out_eager, scale = eager["forward"](blocks, e, m, "floor")
-        out_compiled, scale_compiled = compiled["forward"](blocks, e, m, "floor")
-        assert torch.equal(scale, scale_compiled)
+    for (_, _, exact), (out, scale, sums), (out_c, scale_c, sums_c) in zip(cases, eager, compiled):
+        assert torch.equal(scale, scale_c)
         if exact:
-            assert torch.equal(out_eager, out_compiled)
+            assert torch.equal(out, out_c)
         else:
-            torch.testing.assert_close(out_compiled, out_eager, rtol=1e-6, atol=0)
-        sums_eager = eager["values_backward"](blocks, e, m, scale, grad, ())
-        sums_compiled = compiled["values_backward"](blocks, e, m, scale, grad, ())
-        for got, expected in zip(sums_compiled, sums_eager):
+            torch.testing.assert_close(out_c, out, rtol=1e-6, atol=0)
+        for got, expected in zip(sums_c, sums):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-from brevitas_dmx.functional import _KERNELS
+from brevitas_dmx.functional import backward_kernel
+from brevitas_dmx.functional import forward_kernel
+from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 
 
@@ -34,8 +36,8 @@ class _DMXLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
-        xq, scale_x = _KERNELS["forward"](xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
-        wq, scale_w = _KERNELS["forward"](wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
+        xq, scale_x = forward_kernel(xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
+        wq, scale_w = forward_kernel(wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w)
         ctx.settings = (group, rule_w, rule_x, bias is not None)
@@ -55,18 +57,18 @@ class _DMXLinear(torch.autograd.Function):
         wb = weight.unflatten(-1, (-1, group))
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         # d loss / d (quantized weight) = grad^T @ quantized input
-        xq, _ = _KERNELS["forward"](xb, ex, mx, rule_x)
+        xq, _ = forward_kernel(xb, ex, mx, rule_x)
         grad_wq = grad_2d.t().mm(xq.reshape(-1, x.shape[-1]).to(grad_2d.dtype))
         del xq
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
-        wq, *sums_w = _KERNELS["values_backward"](
+        wq, *sums_w = values_backward_kernel(
             wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
         del grad_wq
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
             grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
             shape_x = torch.broadcast_shapes(e_x.shape, m_x.shape)
-            grad_xb, *sums_x = _KERNELS["backward"](
+            grad_xb, *sums_x = backward_kernel(
                 xb, ex, mx, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
             if need_fx:
