@@ -151,39 +151,41 @@ def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor,
     return out, scale
 
 
-def _backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
-    """Input gradient and the three sums the format gradient needs."""
+def _round_elements(blocks, max_normal, min_normal, step_factor, scale):
+    """Scaled elements, their rounding (before saturation), the subnormal mask and the
+    saturation sign (+1 high, -1 low, 0 inside the range)."""
     scaled = blocks / scale
     step, subnormal = _element_step(scaled, min_normal, step_factor)
     rounded = torch.round(scaled / step) * step
-    # +1 where the element saturates high, -1 low, 0 inside the range
     saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
-    inside = saturated == 0
-    grad_blocks = grad_out * inside
+    return scaled, rounded, subnormal, saturated
+
+
+def _format_sums(scaled, rounded, subnormal, saturated, inside, scale, grad_out, shape):
+    """The three sums ``width_grads`` turns into the format gradient."""
     scaled_grad = grad_out * scale  # out = elements * scale
     # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
     error_grad = (rounded - scaled) * inside * scaled_grad
-    sum_error = error_grad.float().sum_to_size(shape)
-    sum_error_subnormal = (error_grad * subnormal).float().sum_to_size(shape)
-    sum_saturated = (scaled_grad * saturated).float().sum_to_size(shape)
-    return grad_blocks, sum_error, sum_error_subnormal, sum_saturated
+    return (
+        error_grad.float().sum_to_size(shape),
+        (error_grad * subnormal).float().sum_to_size(shape),
+        (scaled_grad * saturated).float().sum_to_size(shape))
+
+
+def _backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
+    """Input gradient and the three sums the format gradient needs."""
+    rounding = _round_elements(blocks, max_normal, min_normal, step_factor, scale)
+    inside = rounding[3] == 0
+    return (grad_out * inside, *_format_sums(*rounding, inside, scale, grad_out, shape))
 
 
 def _values_backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
     """For a frozen tensor (a weight): its fake-quantized value and the three sums of
     ``_backward_elements``, from one pass over the elements; no input gradient."""
-    scaled = blocks / scale
-    step, subnormal = _element_step(scaled, min_normal, step_factor)
-    rounded = torch.round(scaled / step) * step
-    clamped = torch.clamp(rounded, -max_normal, max_normal)
-    saturated = (rounded > max_normal).to(blocks.dtype) - (rounded < -max_normal).to(blocks.dtype)
-    inside = saturated == 0
-    scaled_grad = grad_out * scale
-    error_grad = (rounded - scaled) * inside * scaled_grad
-    sum_error = error_grad.float().sum_to_size(shape)
-    sum_error_subnormal = (error_grad * subnormal).float().sum_to_size(shape)
-    sum_saturated = (scaled_grad * saturated).float().sum_to_size(shape)
-    return clamped * scale, sum_error, sum_error_subnormal, sum_saturated
+    rounding = _round_elements(blocks, max_normal, min_normal, step_factor, scale)
+    inside = rounding[3] == 0
+    clamped = torch.clamp(rounding[1], -max_normal, max_normal)
+    return (clamped * scale, *_format_sums(*rounding, inside, scale, grad_out, shape))
 
 
 _EAGER = {
