@@ -162,6 +162,8 @@ def _series(record: Dict) -> str:
     method = record["method"]
     if record.get("retargeted_from"):
         return f"dmx retargeted ({record['ladder']})"
+    if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
+        return f"dmx {record['steps']} steps ({record['ladder']})"
     if method in ("kl", "fisher", "dmx"):
         return f"{method} ({record['ladder']})"
     return method

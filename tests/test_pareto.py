@@ -203,3 +203,11 @@ def test_retarget_from_a_folder_without_offsets_fails_early(tiny_folder, text_fi
     ])
     with pytest.raises(llm.UsageError, match="no dmx_offsets.pt there"):
         llm.validate(parser, args)
+
+
+def test_dmx_runs_of_different_lengths_are_separate_lines():
+    record = {"method": "dmx", "ladder": "mxfp8-mxfp4", "steps": 20}
+    longer = dict(record, steps=100)
+    assert pareto._series(record) != pareto._series(longer)
+    assert pareto._series({"method": "kl", "ladder": "mxfp8-mxfp4", "steps": None}) == \
+        "kl (mxfp8-mxfp4)"
