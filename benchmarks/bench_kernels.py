@@ -50,8 +50,7 @@ def main():
         scale = functional.forward_kernel(t, e, m, "floor")[1]
         return {
             "forward": lambda: functional.forward_kernel(t, e, m, "floor"),
-            "values_backward": lambda: functional.values_backward_kernel(
-                t, e, m, scale, grad, ()),
+            "values_backward": lambda: functional.values_backward_kernel(t, e, m, scale, grad, ()),
             "backward": lambda: functional.backward_kernel(t, e, m, scale, grad, ()),
         }
 

@@ -193,6 +193,7 @@ def average_grads_over_ranks(params) -> None:
     For parameters kept out of FSDP's shards (the dMX offsets: ``fully_shard`` refuses 0-d
     parameters), whose gradients no FSDP reduce-scatter averages. A no-op in a single process.
     """
+
     def average(param):
         if param.grad is not None and world_size() > 1:
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)

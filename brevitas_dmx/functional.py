@@ -167,8 +167,7 @@ def _format_sums(scaled, rounded, subnormal, saturated, inside, scale, grad_out,
     # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
     error_grad = (rounded - scaled) * inside * scaled_grad
     return (
-        error_grad.float().sum_to_size(shape),
-        (error_grad * subnormal).float().sum_to_size(shape),
+        error_grad.float().sum_to_size(shape), (error_grad * subnormal).float().sum_to_size(shape),
         (scaled_grad * saturated).float().sum_to_size(shape))
 
 
@@ -224,9 +223,10 @@ def enable_compile(enabled: bool = True) -> None:
     each shape family compiles). Also switched on by ``BREVITAS_DMX_COMPILE=1``."""
     if enabled:
         if not _COMPILED:  # compiled once: switching back and forth reuses the compilation
-            _COMPILED.update({
-                name: torch.compile(kernel, dynamic=True) for name, kernel in _EAGER.items()
-            })
+            _COMPILED.update(
+                {
+                    name: torch.compile(kernel, dynamic=True) for name, kernel in _EAGER.items()
+                })
         _KERNELS.update(_COMPILED)
     else:
         _KERNELS.update(_EAGER)
@@ -273,8 +273,8 @@ class _MXQuantizeBlocks(torch.autograd.Function):
 
 
 def width_grads(
-        exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated,
-        scale_rule, shape):
+        exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated, scale_rule,
+        shape):
     """Gradients of the loss to the widths, from the three per-block sums of the backward
     kernels: autograd through the tiny format-parameter functions (bias, emax, max normal)."""
     ln2 = math.log(2.0)

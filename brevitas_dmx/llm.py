@@ -250,7 +250,8 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
         raise UsageError("--dmx-format is the format of --dmx-method uniform only")
     if args.dmx_retarget_from is not None:
         if method != "dmx":
-            raise UsageError("--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
+            raise UsageError(
+                "--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
         if args.dmx_resume:
             raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
         offsets = os.path.join(args.dmx_retarget_from, "dmx_offsets.pt")
@@ -286,8 +287,9 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
         raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
     if (args.dmx_save_pretrained or args.dmx_export_qonnx) and method == "float":
-        raise UsageError("--dmx-save-pretrained / --dmx-export-qonnx need a quantized model, not "
-                         "--dmx-method float")
+        raise UsageError(
+            "--dmx-save-pretrained / --dmx-export-qonnx need a quantized model, not "
+            "--dmx-method float")
     if args.dmx_export_qonnx:
         try:
             import onnx  # noqa: F401

@@ -277,8 +277,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.report_only:
         if {"kl", "fisher", "dmx"} & set(args.methods) and not args.targets:
             parser.error("--targets is needed for the kl, fisher and dmx points")
-        if args.retarget_from is not None and (
-                args.retarget_from not in args.targets or "dmx" not in args.methods):
+        if args.retarget_from is not None and (args.retarget_from not in args.targets or
+                                               "dmx" not in args.methods):
             parser.error("--retarget-from must be one of --targets, with the dmx method")
         try:
             for fmt in args.uniform_formats or []:

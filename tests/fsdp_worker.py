@@ -37,9 +37,7 @@ def main(out_dir: str) -> None:
     if world > 1:
         dist.init_process_group("gloo")
     model = layerwise_quantize(
-        tiny_llama(seed=0),
-        dmx_linear_map(DMXFloatWeight, DMXFloatAct),
-        name_blacklist=["lm_head"])
+        tiny_llama(seed=0), dmx_linear_map(DMXFloatWeight, DMXFloatAct), name_blacklist=["lm_head"])
     for param in model.parameters():
         param.requires_grad_(False)
     offsets = [o.raw_offset for o in dmx_offsets(model)]
@@ -71,10 +69,11 @@ def main(out_dir: str) -> None:
         optimizer.step()
         optimizer.zero_grad()
     os.makedirs(out_dir, exist_ok=True)
-    torch.save({
-        "offsets": [raw.detach().clone() for raw in offsets], "sharded": sharded
-    },
-               os.path.join(out_dir, f"rank{distributed.rank()}.pt"))
+    torch.save(
+        {
+            "offsets": [raw.detach().clone() for raw in offsets], "sharded": sharded
+        },
+        os.path.join(out_dir, f"rank{distributed.rank()}.pt"))
     if world > 1:
         dist.destroy_process_group()
 

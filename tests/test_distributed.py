@@ -16,8 +16,21 @@ import torch
 from brevitas_dmx import distributed
 
 ARGS = [
-    "--seqlen", "32", "--nsamples", "16", "--dmx", "--dmx-target-bits", "6", "--dmx-steps", "6",
-    "--dmx-batch-size", "4", "--dmx-eval-windows", "6", "--seed", "3"
+    "--seqlen",
+    "32",
+    "--nsamples",
+    "16",
+    "--dmx",
+    "--dmx-target-bits",
+    "6",
+    "--dmx-steps",
+    "6",
+    "--dmx-batch-size",
+    "4",
+    "--dmx-eval-windows",
+    "6",
+    "--seed",
+    "3"
 ]
 
 
@@ -42,8 +55,13 @@ def _llm(processes, model, data, out, *extra, env=None):
         launcher = [sys.executable, "-m", "brevitas_dmx.llm"]
     else:
         launcher = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={processes}", "-m", "brevitas_dmx.llm"
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "-m",
+            "brevitas_dmx.llm"
         ]
     argv = ["--model", model, "--dataset", data, *ARGS, "--dmx-output", str(out), *extra]
     return _run(launcher + argv, env or _env())
@@ -113,8 +131,8 @@ def test_two_process_resume_from_a_checkpoint(runs, tiny_folder, text_file):
     resumed = root / "resumed"
     shutil.copytree(root / "ddp" / "checkpoints", resumed / "checkpoints")
     shutil.rmtree(resumed / "checkpoints" / "checkpoint-6")  # interrupted after step 5
-    assert {"rng_state_0.pth", "rng_state_1.pth", "dmx_offsets.pt"
-            } <= set(os.listdir(resumed / "checkpoints" / "checkpoint-5"))
+    assert {"rng_state_0.pth", "rng_state_1.pth",
+            "dmx_offsets.pt"} <= set(os.listdir(resumed / "checkpoints" / "checkpoint-5"))
     done = _llm(2, tiny_folder, text_file, root / "unused", "--dmx-resume", str(resumed))
     assert "resuming from" in done.stdout and "checkpoint-5" in done.stdout
     _assert_close_offsets(
@@ -130,10 +148,18 @@ def test_global_batch_must_divide_among_processes(monkeypatch):
     from brevitas_dmx import llm
     monkeypatch.setenv("WORLD_SIZE", "3")
     parser = llm.build_parser()
-    args = parser.parse_args([
-        "--model", "x", "--dataset", "wikitext2", "--dmx", "--dmx-target-bits", "6",
-        "--dmx-batch-size", "8"
-    ])
+    args = parser.parse_args(
+        [
+            "--model",
+            "x",
+            "--dataset",
+            "wikitext2",
+            "--dmx",
+            "--dmx-target-bits",
+            "6",
+            "--dmx-batch-size",
+            "8"
+        ])
     with pytest.raises(llm.UsageError, match="global batch"):
         llm.validate(parser, args)
 
@@ -150,11 +176,17 @@ def test_fsdp2_shards_weights_and_keeps_offsets_identical(tmp_path):
     # accelerate does with DMXTrainer's settings (offsets ignored, their gradients averaged).
     worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")
     _run([sys.executable, worker, str(tmp_path / "single")], _env())
-    _run([
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        worker, str(tmp_path / "fsdp")
-    ],
-         _env())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            worker,
+            str(tmp_path / "fsdp")
+        ],
+        _env())
     single = torch.load(tmp_path / "single" / "rank0.pt")
     rank0 = torch.load(tmp_path / "fsdp" / "rank0.pt")
     rank1 = torch.load(tmp_path / "fsdp" / "rank1.pt")

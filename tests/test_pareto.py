@@ -153,7 +153,9 @@ def test_report_only_rebuilds_table_from_results(finished_sweep, tmp_path):
 
 
 def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
-    records = {r["label"]: r for r in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))}
+    records = {
+        r["label"]: r for r in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))
+    }
     first, second = records["fisher-mxfp8-mxfp4-5"], records["fisher-mxfp8-mxfp4-6"]
     assert first["search_time_s"] > 0
     assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)
@@ -163,8 +165,19 @@ def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
 def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("retarget")
     argv = [
-        "--model", tiny_folder, "--dataset", text_file, "--methods", "dmx", "--targets", "5", "6",
-        "--retarget-from", "5", "--output", str(out)
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--methods",
+        "dmx",
+        "--targets",
+        "5",
+        "6",
+        "--retarget-from",
+        "5",
+        "--output",
+        str(out)
     ] + LLM_ARGS + ["--dmx-steps", "3", "--dmx-batch-size", "2"]
     assert pareto.main(argv) == 0
     return out
@@ -182,12 +195,21 @@ def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
     assert "dmx retargeted (mxfp8-mxfp4)" in pareto._series(point)
 
 
-def test_retarget_to_the_trained_target_gives_the_trained_map(retarget_sweep, tiny_folder,
-                                                                text_file, tmp_path):
+def test_retarget_to_the_trained_target_gives_the_trained_map(
+        retarget_sweep, tiny_folder, text_file, tmp_path):
     source = retarget_sweep / "points" / "dmx-mxfp8-mxfp4-5"
     argv = [
-        "--model", tiny_folder, "--dataset", text_file, "--dmx", "--dmx-target-bits", "5",
-        "--dmx-retarget-from", str(source), "--dmx-output", str(tmp_path / "again"),
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--dmx",
+        "--dmx-target-bits",
+        "5",
+        "--dmx-retarget-from",
+        str(source),
+        "--dmx-output",
+        str(tmp_path / "again"),
         "--dmx-skip-baselines"
     ] + LLM_ARGS[1:]
     assert llm.main(argv) == 0
@@ -197,10 +219,18 @@ def test_retarget_to_the_trained_target_gives_the_trained_map(retarget_sweep, ti
 
 def test_retarget_from_a_folder_without_offsets_fails_early(tiny_folder, text_file, tmp_path):
     parser = llm.build_parser()
-    args = parser.parse_args([
-        "--model", tiny_folder, "--dataset", text_file, "--dmx", "--dmx-target-bits", "5",
-        "--dmx-retarget-from", str(tmp_path)
-    ])
+    args = parser.parse_args(
+        [
+            "--model",
+            tiny_folder,
+            "--dataset",
+            text_file,
+            "--dmx",
+            "--dmx-target-bits",
+            "5",
+            "--dmx-retarget-from",
+            str(tmp_path)
+        ])
     with pytest.raises(llm.UsageError, match="no dmx_offsets.pt there"):
         llm.validate(parser, args)
 

@@ -77,8 +77,7 @@ class _DMXLinear(torch.autograd.Function):
         if need_fw:
             grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
         grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
-        return (
-            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None)
+        return (grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None)
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -89,8 +88,8 @@ def fused_quantizers(layer: qnn.QuantLinear):
         return None
     if layer.weight.requires_grad:  # dMX freezes the weights; training them takes the stock path
         return None
-    if layer.output_quant.is_quant_enabled or (
-            layer.bias is not None and layer.bias_quant.is_quant_enabled):
+    if layer.output_quant.is_quant_enabled or (layer.bias is not None and
+                                               layer.bias_quant.is_quant_enabled):
         return None
     if not (layer.weight_quant.is_quant_enabled and layer.input_quant.is_quant_enabled):
         return None
@@ -133,11 +132,12 @@ class DMXQuantLinear(qnn.QuantLinear):
 def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
     """A ``layerwise_quantize`` map that puts ``DMXQuantLinear`` on every ``nn.Linear``."""
     return {
-        torch.nn.Linear: (
-            DMXQuantLinear,
-            dict(
-                weight_quant=weight_quant,
-                input_quant=input_quant,
-                return_quant_tensor=False,
-                **kwargs))
+        torch.nn.Linear:
+            (
+                DMXQuantLinear,
+                dict(
+                    weight_quant=weight_quant,
+                    input_quant=input_quant,
+                    return_quant_tensor=False,
+                    **kwargs))
     }
