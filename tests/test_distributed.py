@@ -15,23 +15,12 @@ import torch
 
 from brevitas_dmx import distributed
 
+# yapf: disable
 ARGS = [
-    "--seqlen",
-    "32",
-    "--nsamples",
-    "16",
-    "--dmx",
-    "--dmx-target-bits",
-    "6",
-    "--dmx-steps",
-    "6",
-    "--dmx-batch-size",
-    "4",
-    "--dmx-eval-windows",
-    "6",
-    "--seed",
-    "3"
+    "--seqlen", "32", "--nsamples", "16", "--dmx", "--dmx-target-bits", "6", "--dmx-steps", "6",
+    "--dmx-batch-size", "4", "--dmx-eval-windows", "6", "--seed", "3"
 ]
+# yapf: enable
 
 
 def _env(**extra):

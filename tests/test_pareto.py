@@ -195,22 +195,18 @@ def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
     assert "dmx retargeted (mxfp8-mxfp4)" in pareto._series(point)
 
 
+def _retarget_argv(model, data, source):
+    return [
+        "--model", model, "--dataset", data, "--dmx", "--dmx-target-bits", "5",
+        "--dmx-retarget-from", str(source)
+    ]
+
+
 def test_retarget_to_the_trained_target_gives_the_trained_map(
         retarget_sweep, tiny_folder, text_file, tmp_path):
     source = retarget_sweep / "points" / "dmx-mxfp8-mxfp4-5"
-    argv = [
-        "--model",
-        tiny_folder,
-        "--dataset",
-        text_file,
-        "--dmx",
-        "--dmx-target-bits",
-        "5",
-        "--dmx-retarget-from",
-        str(source),
-        "--dmx-output",
-        str(tmp_path / "again"),
-        "--dmx-skip-baselines"
+    argv = _retarget_argv(tiny_folder, text_file, source) + [
+        "--dmx-output", str(tmp_path / "again"), "--dmx-skip-baselines"
     ] + LLM_ARGS[1:]
     assert llm.main(argv) == 0
     again = json.loads((tmp_path / "again" / "format_map.json").read_text())
@@ -219,18 +215,7 @@ def test_retarget_to_the_trained_target_gives_the_trained_map(
 
 def test_retarget_from_a_folder_without_offsets_fails_early(tiny_folder, text_file, tmp_path):
     parser = llm.build_parser()
-    args = parser.parse_args(
-        [
-            "--model",
-            tiny_folder,
-            "--dataset",
-            text_file,
-            "--dmx",
-            "--dmx-target-bits",
-            "5",
-            "--dmx-retarget-from",
-            str(tmp_path)
-        ])
+    args = parser.parse_args(_retarget_argv(tiny_folder, text_file, tmp_path))
     with pytest.raises(llm.UsageError, match="no dmx_offsets.pt there"):
         llm.validate(parser, args)
 
