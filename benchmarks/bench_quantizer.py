@@ -21,6 +21,7 @@ from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
 import torch
 
 from brevitas_dmx.functional import enable_compile
+from brevitas_dmx.profiling import saved_tensor_bytes
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 
@@ -53,19 +54,6 @@ def _layer(kind, in_features, out_features, device):
     return layer.to(device).train()
 
 
-def _saved_bytes(fn):
-    """Bytes the autograd graph keeps for backward (each storage counted once)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(storages.values())
-
-
 def _time(fn, device, iters, warmup=2):
     for _ in range(warmup):
         fn()
@@ -94,7 +82,7 @@ def bench_layer(kind, in_features, out_features, tokens, device, iters):
         torch.cuda.reset_peak_memory_stats()
     seconds = _time(step, device, iters)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    _, saved = _saved_bytes(lambda: layer(x))
+    _, saved = saved_tensor_bytes(lambda: layer(x))
     result = {
         "kind": kind,
         "shape": f"{in_features}x{out_features}",

@@ -33,6 +33,8 @@ import time
 import torch
 from torch import nn
 
+from brevitas_dmx.profiling import saved_tensor_bytes
+
 # dmx-unfused: the learnable quantizers in a stock qnn.QuantLinear (before the fused step);
 # dmx: DMXQuantLinear, what brevitas_dmx_llm uses; dmx-compiled: the same with torch.compile.
 VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
@@ -162,21 +164,6 @@ def make_step(model, variant, input_ids, device):
     return step, forward
 
 
-def saved_bytes(forward):
-    """Bytes the autograd graph keeps for backward (each storage counted once)."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[(storage.data_ptr(), storage.device)] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = forward()
-    del loss
-    return sum(storages.values())
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-1b-layers", choices=("llama-1b-layers", "smollm2-135m"))
@@ -242,7 +229,7 @@ def main():
     saved = {}
     for variant in variants:
         functional.enable_compile(variant == "dmx-compiled")
-        saved[variant] = saved_bytes(forwards[variant])
+        saved[variant] = saved_tensor_bytes(forwards[variant])[1]
     functional.enable_compile(False)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"

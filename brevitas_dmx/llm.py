@@ -32,6 +32,7 @@ from brevitas_dmx.model import WEIGHTINGS
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
 from brevitas_dmx.solver.trainer import NonFiniteLossError
+from brevitas_dmx.solver.trainer import OFFSETS_FILE
 from brevitas_dmx.solver.trainer import OPTIMIZERS
 
 # Brevitas flags that a dMX run honours; any other flag set away from its default is refused
@@ -254,7 +255,7 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
                 "--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
         if args.dmx_resume:
             raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
-        offsets = os.path.join(args.dmx_retarget_from, "dmx_offsets.pt")
+        offsets = os.path.join(args.dmx_retarget_from, OFFSETS_FILE)
         if not os.path.isfile(offsets):
             raise UsageError(
                 f"--dmx-retarget-from {args.dmx_retarget_from!r}: no {os.path.basename(offsets)} "
@@ -485,7 +486,7 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     trainer.train(resume_from_checkpoint=resume)
     offsets = offsets_state_dict(model)  # identical on every rank (DMXTrainer.train checks)
     if distributed.is_main():
-        torch.save(offsets, os.path.join(out_dir, "dmx_offsets.pt"))
+        torch.save(offsets, os.path.join(out_dir, OFFSETS_FILE))
         save_problem(budget_problem(model), out_dir)
     return str(trainer.accelerator.distributed_type.value)
 
@@ -573,20 +574,18 @@ def run_dmx(args) -> Dict:
     weighting_kwargs = dict(
         weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
     search_start = time.perf_counter()
-    if method == "dmx" and args.dmx_retarget_from:
-        from brevitas_dmx.solver.trainer import load_offsets
-        load_offsets(
-            model,
-            torch.load(os.path.join(args.dmx_retarget_from, "dmx_offsets.pt"), map_location="cpu"))
-        metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
-        print(f"[dMX] offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
-        model.eval()
-        metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
-        projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)
-    elif method == "dmx":
-        metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
-        metrics["train_time_s"] = time.perf_counter() - search_start
-        metrics["train_steps"] = args.dmx_steps
+    if method == "dmx":
+        if args.dmx_retarget_from:
+            from brevitas_dmx.solver.trainer import load_offsets
+            load_offsets(
+                model,
+                torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
+            metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
+            print(f"[dMX] offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
+        else:
+            metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
+            metrics["train_time_s"] = time.perf_counter() - search_start
+            metrics["train_steps"] = args.dmx_steps
         model.eval()
         metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
         projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)

@@ -113,20 +113,14 @@ def test_graph_attributes_name_each_layers_formats(mixed_stack, tmp_path):
     export_qonnx(mixed_stack, torch.randn(2, 64), str(tmp_path / "stack.onnx"))
     formats = node_attributes(str(tmp_path / "stack.onnx"))
     assert {key: a["format"].decode() for key, a in formats.items()} == STACK_NODE_FORMATS
-    e4m3 = formats["3", "weight_quant"]
-    assert (
-        e4m3["exponent_bitwidth"],
-        e4m3["mantissa_bitwidth"],
-        e4m3["exponent_bias"],
-        e4m3["max_val"],
-        e4m3["block_size"]) == (4, 3, 7, 448.0, 32)
-    e2m1 = formats["0", "input_quant"]
-    assert (
-        e2m1["exponent_bitwidth"],
-        e2m1["mantissa_bitwidth"],
-        e2m1["exponent_bias"],
-        e2m1["max_val"],
-        e2m1["block_size"]) == (2, 1, 1, 6.0, 32)
+    # (exponent bits, mantissa bits, exponent bias, max value, block size)
+    assert _element_attributes(formats["3", "weight_quant"]) == (4, 3, 7, 448.0, 32)
+    assert _element_attributes(formats["0", "input_quant"]) == (2, 1, 1, 6.0, 32)
+
+
+def _element_attributes(attributes):
+    keys = ("exponent_bitwidth", "mantissa_bitwidth", "exponent_bias", "max_val", "block_size")
+    return tuple(attributes[key] for key in keys)
 
 
 def test_a_partial_last_block_exports_bit_exactly(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 import brevitas_dmx as dmx
 from brevitas_dmx.core.linear import DMXQuantLinear
+from brevitas_dmx.profiling import saved_tensor_bytes
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct
 from brevitas_dmx.quant import DMXFloatStaircaseWeight
@@ -17,12 +18,9 @@ from brevitas_dmx.quant import DMXFloatWeight
 
 def _pair(bias, weight_quant, act_quant, raw):
     torch.manual_seed(0)
-    stock = qnn.QuantLinear(
-        96, 40, bias=bias, weight_quant=weight_quant, input_quant=act_quant,
-        return_quant_tensor=False)
-    fused = DMXQuantLinear(
-        96, 40, bias=bias, weight_quant=weight_quant, input_quant=act_quant,
-        return_quant_tensor=False)
+    stock, fused = (
+        cls(96, 40, bias=bias, weight_quant=weight_quant, input_quant=act_quant,
+            return_quant_tensor=False) for cls in (qnn.QuantLinear, DMXQuantLinear))
     fused.load_state_dict(stock.state_dict())
     for layer in (stock, fused):
         for p in layer.parameters():
@@ -32,18 +30,6 @@ def _pair(bias, weight_quant, act_quant, raw):
             offset.raw_offset.requires_grad_(True)
         layer.train()
     return stock, fused
-
-
-def _saved_bytes(fn):
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -73,7 +59,7 @@ def test_fused_step_equals_quant_linear(bias, raw, ladder):
 def test_fused_step_keeps_less_for_backward():
     stock, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.0)
     x = torch.randn(64, 96, requires_grad=True)
-    assert _saved_bytes(lambda: fused(x)) < _saved_bytes(lambda: stock(x))
+    assert saved_tensor_bytes(lambda: fused(x))[1] < saved_tensor_bytes(lambda: stock(x))[1]
 
 
 def test_eval_and_no_grad_take_the_stock_path():

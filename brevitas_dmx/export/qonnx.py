@@ -173,19 +173,11 @@ class MXQONNXManager(QONNXManager):
     model_transforms = [constants_to_initializers]
 
     @classmethod
-    def export_onnx(
-            cls,
-            module,
-            args,
-            export_path,
-            input_shape,
-            input_t,
-            disable_warnings,
-            **onnx_export_kwargs):
+    def export_onnx(cls, *args, **onnx_export_kwargs):
+        # Brevitas calls this with its six positional arguments; only the kwargs change here.
         opsets = onnx_export_kwargs.setdefault("custom_opsets", {})
         opsets[DOMAIN] = DOMAIN_VERSION
-        return super().export_onnx(
-            module, args, export_path, input_shape, input_t, disable_warnings, **onnx_export_kwargs)
+        return super().export_onnx(*args, **onnx_export_kwargs)
 
 
 class MXQONNXDynamoManager(ONNXDynamoExportMixin, MXQONNXManager):
@@ -194,18 +186,9 @@ class MXQONNXDynamoManager(ONNXDynamoExportMixin, MXQONNXManager):
     model_transforms = [name_mx_nodes]
 
     @classmethod
-    def export_onnx(
-            cls,
-            module,
-            args,
-            export_path,
-            input_shape,
-            input_t,
-            disable_warnings,
-            **onnx_export_kwargs):
+    def export_onnx(cls, *args, **onnx_export_kwargs):
         cls._check_dynamo_export_kwargs(onnx_export_kwargs)
-        return super().export_onnx(
-            module, args, export_path, input_shape, input_t, disable_warnings, **onnx_export_kwargs)
+        return super().export_onnx(*args, **onnx_export_kwargs)
 
 
 def check_exportable(model: nn.Module) -> None:
