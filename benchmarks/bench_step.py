@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import threading
 import time
@@ -33,11 +32,14 @@ import time
 import torch
 from torch import nn
 
+from brevitas_dmx.core.linear import set_weight_grad_tokens
 from brevitas_dmx.profiling import saved_tensor_bytes
 
 # dmx-unfused: the learnable quantizers in a stock qnn.QuantLinear (before the fused step);
-# dmx: DMXQuantLinear, what brevitas_dmx_llm uses; dmx-compiled: the same with torch.compile.
+# dmx: DMXQuantLinear, what brevitas_dmx_llm uses; dmx-compiled: the same with torch.compile;
+# *-sampled: the weight's format gradient estimated from --weight-grad-tokens tokens.
 VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
+SAMPLED = ("dmx-sampled", "dmx-compiled-sampled")
 
 
 def _sync(device):
@@ -94,12 +96,13 @@ def quantize(model, variant):
         weight, act = fixed_mx_quantizer("e4m3", "weight"), fixed_mx_quantizer("e4m3", "act")
     else:
         weight, act = DMXFloatWeight, DMXFloatAct
-    layer_class = DMXQuantLinear if variant in ("dmx", "dmx-compiled") else qnn.QuantLinear
+    layer_class = qnn.QuantLinear if variant == "dmx-unfused" else DMXQuantLinear
     layer_map = {
-        nn.Linear: (
-            layer_class, {
-                "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
-            })
+        nn.Linear:
+            (
+                layer_class, {
+                    "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
+                })
     }
     return layerwise_quantize(model, layer_map, name_blacklist=["lm_head"])
 
@@ -166,7 +169,8 @@ def make_step(model, variant, input_ids, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-1b-layers", choices=("llama-1b-layers", "smollm2-135m"))
+    parser.add_argument(
+        "--model", default="llama-1b-layers", choices=("llama-1b-layers", "smollm2-135m"))
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
@@ -175,7 +179,13 @@ def main():
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"any of {VARIANTS + SAMPLED}")
+    parser.add_argument(
+        "--weight-grad-tokens",
+        type=int,
+        default=256,
+        help="tokens per step that estimate the weight format gradient (*-sampled variants)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -194,13 +204,15 @@ def main():
     steps, forwards = {}, {}
     for variant in variants:
         model = quantize(copy.deepcopy(base), variant).to(device)
+        if variant.endswith("-sampled"):
+            set_weight_grad_tokens(model, args.weight_grad_tokens)
         steps[variant], forwards[variant] = make_step(model, variant, input_ids, device)
     del base
 
     import brevitas_dmx.functional as functional
 
     def run(variant):
-        functional.enable_compile(variant == "dmx-compiled")
+        functional.enable_compile(variant.startswith("dmx-compiled"))
         _sync(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -228,15 +240,19 @@ def main():
             peaks[variant].append(peak)
     saved = {}
     for variant in variants:
-        functional.enable_compile(variant == "dmx-compiled")
+        functional.enable_compile(variant.startswith("dmx-compiled"))
         saved[variant] = saved_tensor_bytes(forwards[variant])[1]
     functional.enable_compile(False)
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    name = f"CPU x{torch.get_num_threads()}"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+    sampled = any(v.endswith("-sampled") for v in variants)
     print(
         f"device: {name}, torch {torch.__version__}, model {args.model}"
         f"{f' ({args.layers} layers, vocab {vocab})' if args.model != 'smollm2-135m' else ''}, "
-        f"batch {args.batch}x{args.tokens}, {args.dtype}, median of {args.repeats} interleaved")
+        f"batch {args.batch}x{args.tokens}, {args.dtype}, median of {args.repeats} interleaved"
+        f"{f', sampled weight grad from {args.weight_grad_tokens} tokens' if sampled else ''}")
     peak_name = "CUDA peak (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
     print(
         f"| variant | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) | vs float "
@@ -248,8 +264,13 @@ def main():
     for variant in variants:
         t = statistics.median(times[variant])
         p = statistics.median(peaks[variant])
-        row = dict(variant=variant, step_s=t, times=times[variant], saved_bytes=saved[variant],
-                   peak_bytes=p, warmup_s=warm[variant])
+        row = dict(
+            variant=variant,
+            step_s=t,
+            times=times[variant],
+            saved_bytes=saved[variant],
+            peak_bytes=p,
+            warmup_s=warm[variant])
         rows.append(row)
 
         def ratio(a, b):
@@ -261,8 +282,9 @@ def main():
             f"| {ratio(saved[variant], saved.get('float'))} "
             f"| {ratio(saved[variant], saved.get('brevitas-mxfp8'))} | {p / 2**20:.0f} "
             f"| {warm[variant]:.1f} |")
-    print(f"all step times (s): " + ", ".join(
-        f"{v}: {[round(x, 3) for x in times[v]]}" for v in variants))
+    print(
+        "all step times (s): "
+        + ", ".join(f"{v}: {[round(x, 3) for x in times[v]]}" for v in variants))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "args": vars(args), "rows": rows}, f, indent=1)

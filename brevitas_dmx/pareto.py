@@ -161,9 +161,13 @@ def _series(record: Dict) -> str:
     """The line a point belongs to in the plot."""
     method = record["method"]
     if record.get("retargeted_from"):
-        return f"dmx retargeted ({record['ladder']})"
+        steps = record.get("retargeted_steps")
+        trained = f" from {steps} steps" if steps is not None else ""
+        return f"dmx retargeted{trained} ({record['ladder']})"
     if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
-        return f"dmx {record['steps']} steps ({record['ladder']})"
+        sampled = record.get("weight_grad_tokens")
+        sampled = f", weight grad from {sampled} tokens" if sampled else ""
+        return f"dmx {record['steps']} steps{sampled} ({record['ladder']})"
     if method in ("kl", "fisher", "dmx"):
         return f"{method} ({record['ladder']})"
     return method

@@ -192,13 +192,21 @@ def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
     assert point["retargeted_from"].endswith("dmx-mxfp8-mxfp4-5")
     assert point["steps"] is None and records["dmx-mxfp8-mxfp4-5"]["steps"] == 3
     assert point["bits"][point["average"]] <= 6
-    assert "dmx retargeted (mxfp8-mxfp4)" in pareto._series(point)
+    assert point["retargeted_steps"] == 3
+    assert pareto._series(point) == "dmx retargeted from 3 steps (mxfp8-mxfp4)"
 
 
 def _retarget_argv(model, data, source):
     return [
-        "--model", model, "--dataset", data, "--dmx", "--dmx-target-bits", "5",
-        "--dmx-retarget-from", str(source)
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--dmx",
+        "--dmx-target-bits",
+        "5",
+        "--dmx-retarget-from",
+        str(source)
     ]
 
 
@@ -226,3 +234,10 @@ def test_dmx_runs_of_different_lengths_are_separate_lines():
     assert pareto._series(record) != pareto._series(longer)
     assert pareto._series({"method": "kl", "ladder": "mxfp8-mxfp4", "steps": None}) == \
         "kl (mxfp8-mxfp4)"
+
+
+def test_dmx_runs_with_a_sampled_weight_grad_are_a_separate_line():
+    record = {"method": "dmx", "ladder": "mxfp8-mxfp4", "steps": 20, "weight_grad_tokens": None}
+    sampled = dict(record, weight_grad_tokens=64)
+    assert pareto._series(sampled) == "dmx 20 steps, weight grad from 64 tokens (mxfp8-mxfp4)"
+    assert pareto._series(record) == "dmx 20 steps (mxfp8-mxfp4)"

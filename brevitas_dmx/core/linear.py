@@ -12,6 +12,13 @@ rounding is done once per pass (``values_backward`` gives the quantized weight a
 together); only the input's is done twice in backward. Outputs equal ``qnn.QuantLinear``'s
 exactly; gradients equal them up to the order of float sums in the matrix products.
 
+The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
+float step (frozen weights) does not have: 1.5x the float step's products at the least. With
+``weight_grad_tokens`` set, that product runs over a systematic sample of the tokens (every s-th
+row from a random start, s = ceil(rows / weight_grad_tokens)) scaled by s: each row is in the
+sample with probability exactly 1/s, so the estimate is unbiased. Only the weight's format
+gradient is estimated; the input gradient and the input's format gradient stay exact.
+
 Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
 output quantizer, a feature count that is not a multiple of the block) takes
 ``qnn.QuantLinear``'s own path.
@@ -30,23 +37,32 @@ from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 
 
+def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
+    """(stride, start) of the rows that estimate the weight's format gradient: every row (1, 0)
+    when ``weight_grad_tokens`` is None or covers them, else a random start below the stride."""
+    if weight_grad_tokens is None or weight_grad_tokens >= rows:
+        return 1, 0
+    stride = -(-rows // weight_grad_tokens)
+    return stride, int(torch.randint(stride, ()))
+
+
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x):
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         xq, scale_x = forward_kernel(xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
         wq, scale_w = forward_kernel(wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w)
-        ctx.settings = (group, rule_w, rule_x, bias is not None)
+        ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w = ctx.saved_tensors
-        group, rule_w, rule_x, has_bias = ctx.settings
+        group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
@@ -56,10 +72,14 @@ class _DMXLinear(torch.autograd.Function):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        # d loss / d (quantized weight) = grad^T @ quantized input
-        xq, _ = forward_kernel(xb, ex, mx, rule_x)
-        grad_wq = grad_2d.t().mm(xq.reshape(-1, x.shape[-1]).to(grad_2d.dtype))
-        del xq
+        # d loss / d (quantized weight) = grad^T @ quantized input, over a sample of the rows
+        stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
+        x_rows = xb.reshape(-1, *xb.shape[-2:])[start::stride]
+        xq, _ = forward_kernel(x_rows, ex, mx, rule_x)
+        grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
+        if stride > 1:
+            grad_wq.mul_(stride)
+        del xq, x_rows
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
         wq, *sums_w = values_backward_kernel(
             wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
@@ -77,7 +97,8 @@ class _DMXLinear(torch.autograd.Function):
         if need_fw:
             grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
         grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
-        return (grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None)
+        return (
+            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None, None)
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -105,7 +126,12 @@ def fused_quantizers(layer: qnn.QuantLinear):
 
 class DMXQuantLinear(qnn.QuantLinear):
     """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
-    layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does)."""
+    layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
+
+    ``weight_grad_tokens``: None (exact) or how many tokens estimate the weight's format gradient
+    (module docstring); ``set_weight_grad_tokens`` sets it on a whole model."""
+
+    weight_grad_tokens: Optional[int] = None
 
     def forward(self, input):
         quants = fused_quantizers(self) if isinstance(input, Tensor) else None
@@ -126,7 +152,20 @@ class DMXQuantLinear(qnn.QuantLinear):
             m_x,
             wq.group_size,
             wq.scale_rule,
-            xq.scale_rule)
+            xq.scale_rule,
+            self.weight_grad_tokens)
+
+
+def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> int:
+    """Estimate every ``DMXQuantLinear``'s weight format gradient from ``tokens`` tokens per
+    micro-batch (None: exact). Returns the number of layers set."""
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or
+                               tokens < 1):
+        raise ValueError(f"weight_grad_tokens must be a positive integer or None, got {tokens!r}.")
+    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
+    for layer in layers:
+        layer.weight_grad_tokens = tokens
+    return len(layers)
 
 
 def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
