@@ -74,7 +74,9 @@ class _DMXLinear(torch.autograd.Function):
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         # d loss / d (quantized weight) = grad^T @ quantized input, over a sample of the rows
         stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
-        x_rows = xb.reshape(-1, *xb.shape[-2:])[start::stride]
+        x_rows = xb.reshape(-1, *xb.shape[-2:])
+        if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
+            x_rows = x_rows[start::stride].contiguous()
         xq, _ = forward_kernel(x_rows, ex, mx, rule_x)
         grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
         if stride > 1:
