@@ -2,16 +2,15 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """How noisy is the sampled weight format gradient (``--dmx-weight-grad-tokens``)?
 
-For a few batches of real text, each offset's gradient is computed exactly and from systematic
-samples of the given stride, of the tokens or of the weight's rows (one forward, one backward per
-sample start).
+For a few batches of real text, each offset's gradient is computed exactly and from every
+systematic token sample of the given stride (one forward, one backward per sample start).
 Two spreads per layer are compared: the sampling spread (std over sample starts, same batch) and
 the batch spread (std of the exact gradient over batches): if the first is well below the second,
 sampling adds little to the noise SGD already has; if it is comparable or above, it is like
 training on a much smaller batch.
 
     python benchmarks/weight_grad_noise.py --text ../shared/data/text/enwiki_gensim_clean.txt \
-        --batch 2 --seqlen 128 --stride 8 --batches 4
+        --batch 2 --seqlen 128 --stride 8 --batches 3 --starts 4
 """
 
 import argparse
@@ -23,6 +22,7 @@ import torch
 
 import brevitas_dmx as dmx
 from brevitas_dmx.core import linear
+from brevitas_dmx.core.linear import set_weight_grad_tokens
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_step import quantize  # noqa: E402  (the same quantized model as the step benchmark)
@@ -46,13 +46,6 @@ def main():
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--starts", type=int, default=None, help="sample starts (default all)")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument(
-        "--samples",
-        nargs="+",
-        choices=("tokens", "rows"),
-        default=["tokens", "rows"],
-        help="sample the tokens of the product, the rows (output features) of the weight, or both "
-        "(each measured on its own)")
     args = parser.parse_args()
     from brevitas import config
     config.IGNORE_MISSING_KEYS = True
@@ -72,45 +65,36 @@ def main():
     rows = args.batch * args.seqlen
     tokens = -(-rows // args.stride)
     starts = list(range(args.stride))[:args.starts or args.stride]
-    exact, sampled = [], {kind: [] for kind in args.samples}
-    linear_layers = [m for m in model.modules() if isinstance(m, linear.DMXQuantLinear)]
+    exact, sampled = [], []
     original = linear.sample_stride_and_start
     for b in range(args.batches):
         chunk = ids[b * rows:(b + 1) * rows].reshape(args.batch, args.seqlen)
-        for layer in linear_layers:
-            layer.weight_grad_tokens = layer.weight_grad_rows = None
+        set_weight_grad_tokens(model, None)
         exact.append(offset_grads(model, model(input_ids=chunk, labels=chunk).loss, False))
-        for kind in args.samples:
-            for layer in linear_layers:  # the autograd function takes them at forward time
-                layer.weight_grad_tokens = tokens if kind == "tokens" else None
-                layer.weight_grad_rows = -(-layer.out_features //
-                                           args.stride) if kind == "rows" else None
-            loss = model(input_ids=chunk, labels=chunk).loss
-            per_start = []
-            try:
-                for i, s in enumerate(starts):
-                    linear.sample_stride_and_start = lambda n, limit, s=s: (
-                        (args.stride, s) if limit is not None else (1, 0))
-                    per_start.append(offset_grads(model, loss, retain=i + 1 < len(starts)))
-            finally:
-                linear.sample_stride_and_start = original
-            sampled[kind].append(torch.stack(per_start))
+        set_weight_grad_tokens(model, tokens)  # the autograd function takes it at forward time
+        loss = model(input_ids=chunk, labels=chunk).loss
+        per_start = []
+        try:
+            for i, s in enumerate(starts):
+                linear.sample_stride_and_start = lambda n, limit, s=s: (args.stride, s)
+                per_start.append(offset_grads(model, loss, retain=i + 1 < len(starts)))
+        finally:
+            linear.sample_stride_and_start = original
+        sampled.append(torch.stack(per_start))
         print(f"batch {b + 1}/{args.batches} done", flush=True)
     exact = torch.stack(exact)  # batches x offsets
     batch_std = exact.std(0)
     mean_abs = exact.mean(0).abs()
+    spread = torch.stack(sampled).std(1).pow(2).mean(0).sqrt()  # over sample starts
     print(
-        f"{args.model}, {args.batches} batches of {args.batch}x{args.seqlen} tokens, stride "
-        f"{args.stride} ({tokens} of {rows} tokens, or 1/{args.stride} of each weight's rows), "
-        f"{len(starts)} sample starts, {exact.shape[1]} offsets")
+        f"{args.model}, {args.batches} batches of {args.batch}x{args.seqlen} tokens, weight grad "
+        f"from every {args.stride}th token ({tokens} of {rows}), {len(starts)} sample starts, "
+        f"{exact.shape[1]} offsets")
     print("| quantity (over offsets) | median | 90th percentile |")
     print("|---|---|---|")
-    rows_out = [("batch std / abs mean gradient", batch_std / mean_abs)]
-    for kind in args.samples:
-        spread = torch.stack(sampled[kind]).std(1).pow(2).mean(0).sqrt()  # over starts
-        rows_out.append((f"{kind} sampling std / batch std", spread / batch_std.clamp_min(1e-30)))
-        rows_out.append((f"{kind} sampling std / abs mean gradient", spread / mean_abs))
-    for name, values in rows_out:
+    for name, values in (("batch std / abs mean gradient", batch_std / mean_abs),
+                         ("sampling std / batch std", spread / batch_std.clamp_min(1e-30)),
+                         ("sampling std / abs mean gradient", spread / mean_abs)):
         v = sorted(values.tolist())
         print(f"| {name} | {statistics.median(v):.3f} | {v[int(0.9 * (len(v) - 1))]:.3f} |")
 

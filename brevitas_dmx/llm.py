@@ -143,14 +143,6 @@ def build_parser():
         action="store_true",
         help="Fuse the quantizers' element-wise work with torch.compile (the first steps "
         "compile, ~20 s on a CPU; pays off over a long run, BENCHMARKS.md section 5).")
-    group.add_argument(
-        "--dmx-weight-grad-tokens",
-        type=int,
-        default=None,
-        help="Estimate each weight's format gradient from this many tokens per micro-batch "
-        "(a systematic sample, unbiased) instead of all of them: saves most of the third "
-        "matrix product of the step at long sequences (BENCHMARKS.md section 5). "
-        "Default: exact.")
     group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
     group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
     group.add_argument(
@@ -321,8 +313,6 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
         "nsamples": args.nsamples,
         "seqlen": args.seqlen
     }
-    if args.dmx_weight_grad_tokens is not None:
-        positive["dmx_weight_grad_tokens"] = args.dmx_weight_grad_tokens
     for dest, value in positive.items():
         if not value > 0:
             raise UsageError(f"{_flag(dest)} must be positive, got {value}")
@@ -461,7 +451,6 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     training was parallelized: accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from brevitas_dmx.core.linear import set_weight_grad_tokens
     from brevitas_dmx.functional import enable_compile
     from brevitas_dmx.model import set_rounding
     from brevitas_dmx.solver import DMXTrainer
@@ -476,7 +465,6 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     else:
         regularizer = ScalingPenalty(args.dmx_lambda, **weighting_kwargs)
     set_rounding(model, args.dmx_rounding)
-    set_weight_grad_tokens(model, args.dmx_weight_grad_tokens)
     if args.dmx_compile:
         enable_compile(True)
     checkpoints = os.path.join(out_dir, "checkpoints")
@@ -744,7 +732,6 @@ def append_result(path: str, metrics: Dict, args) -> None:
         steps=args.dmx_steps if "train_steps" in metrics else None,
         regularizer=args.dmx_regularizer,
         rounding=args.dmx_rounding,
-        weight_grad_tokens=args.dmx_weight_grad_tokens if "train_steps" in metrics else None,
         output=os.path.abspath(args.dmx_resume or args.dmx_output),
         finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

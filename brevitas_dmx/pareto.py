@@ -165,9 +165,7 @@ def _series(record: Dict) -> str:
         trained = f" from {steps} steps" if steps is not None else ""
         return f"dmx retargeted{trained} ({record['ladder']})"
     if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
-        sampled = record.get("weight_grad_tokens")
-        sampled = f", weight grad from {sampled} tokens" if sampled else ""
-        return f"dmx {record['steps']} steps{sampled} ({record['ladder']})"
+        return f"dmx {record['steps']} steps ({record['ladder']})"
     if method in ("kl", "fisher", "dmx"):
         return f"{method} ({record['ladder']})"
     return method

@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from brevitas_dmx import llm
 
@@ -77,17 +76,6 @@ def test_resume_of_a_finished_run_keeps_its_result(finished_run, tiny_folder, te
     assert json.loads((finished_run / "format_map.json").read_text()) == before
 
 
-def test_sampled_weight_grad_reaches_training_and_the_results(
-        finished_run, tiny_folder, text_file, tmp_path):
-    # 4 x 32 rows per micro-batch: 16 tokens is every 8th row
-    assert llm.main(_argv(tiny_folder, text_file, tmp_path, "--dmx-weight-grad-tokens", "16")) == 0
-    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert record["weight_grad_tokens"] == 16
-    exact = torch.load(finished_run / "dmx_offsets.pt")
-    sampled = torch.load(tmp_path / "dmx_offsets.pt")
-    assert any(not torch.equal(exact[k], sampled[k]) for k in exact)
-
-
 def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
     argv = _argv(
         tiny_folder,
@@ -134,9 +122,6 @@ def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
         ({
             "--dmx-steps": "0"
         }, "--dmx-steps must be positive"),
-        ({
-            "--dmx-weight-grad-tokens": "0"
-        }, "--dmx-weight-grad-tokens must be positive"),
     ],
 )
 def test_bad_input_fails_fast_with_a_message(

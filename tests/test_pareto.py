@@ -234,10 +234,3 @@ def test_dmx_runs_of_different_lengths_are_separate_lines():
     assert pareto._series(record) != pareto._series(longer)
     assert pareto._series({"method": "kl", "ladder": "mxfp8-mxfp4", "steps": None}) == \
         "kl (mxfp8-mxfp4)"
-
-
-def test_dmx_runs_with_a_sampled_weight_grad_are_a_separate_line():
-    record = {"method": "dmx", "ladder": "mxfp8-mxfp4", "steps": 20, "weight_grad_tokens": None}
-    sampled = dict(record, weight_grad_tokens=64)
-    assert pareto._series(sampled) == "dmx 20 steps, weight grad from 64 tokens (mxfp8-mxfp4)"
-    assert pareto._series(record) == "dmx 20 steps (mxfp8-mxfp4)"

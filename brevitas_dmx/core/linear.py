@@ -14,10 +14,13 @@ exactly; gradients equal them up to the order of float sums in the matrix produc
 
 The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
 float step (frozen weights) does not have: 1.5x the float step's products at the least. With
-``weight_grad_tokens`` set, that product runs over a systematic sample of the tokens (every s-th
-row from a random start, s = ceil(rows / weight_grad_tokens)) scaled by s: each row is in the
-sample with probability exactly 1/s, so the estimate is unbiased. Only the weight's format
-gradient is estimated; the input gradient and the input's format gradient stay exact.
+``weight_grad_tokens`` set (an experiment, not a recommended setting), that product runs over a
+systematic sample of the tokens (every s-th row from a random start, s = ceil(rows /
+weight_grad_tokens)) scaled by s: each row is in the sample with probability exactly 1/s, so the
+estimate is unbiased. Only the weight's format gradient is estimated; the input gradient and the
+input's format gradient stay exact. Measured (BENCHMARKS.md section 5.3): at s = 8 the step is
+~20 % faster at 2048 tokens, but the offsets' gradient spread doubles, which costs more than
+training on a smaller batch would; hence it is not a command-line option.
 
 Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
 output quantizer, a feature count that is not a multiple of the block) takes
@@ -49,22 +52,20 @@ def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
-    def forward(
-            ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens,
-            grad_rows):
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         xq, scale_x = forward_kernel(xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
         wq, scale_w = forward_kernel(wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w)
-        ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens, grad_rows)
+        ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w = ctx.saved_tensors
-        group, rule_w, rule_x, has_bias, grad_tokens, grad_rows = ctx.settings
+        group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
@@ -80,22 +81,13 @@ class _DMXLinear(torch.autograd.Function):
         if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
             x_rows = x_rows[start::stride].contiguous()
         xq, _ = forward_kernel(x_rows, ex, mx, rule_x)
-        shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
-        row_stride, row_start = sample_stride_and_start(weight.shape[0], grad_rows)
-        grad_wq = grad_2d[start::stride, row_start::row_stride].t().mm(
-            xq.flatten(-2).to(grad_2d.dtype))
-        if stride * row_stride > 1:
-            grad_wq.mul_(stride * row_stride)
+        grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
+        if stride > 1:
+            grad_wq.mul_(stride)
         del xq, x_rows
-        if row_stride > 1:  # the sums over a sample of the weight's rows, the values over all
-            _, *sums_w = values_backward_kernel(
-                wb[row_start::row_stride].contiguous(), ew, mw,
-                scale_w[row_start::row_stride].contiguous(), grad_wq.unflatten(-1, (-1, group)),
-                shape_w)
-            wq, _ = forward_kernel(wb, ew, mw, rule_w)
-        else:
-            wq, *sums_w = values_backward_kernel(
-                wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+        shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
+        wq, *sums_w = values_backward_kernel(
+            wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
         del grad_wq
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
@@ -111,8 +103,7 @@ class _DMXLinear(torch.autograd.Function):
             grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
         grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
         return (
-            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None, None,
-            None)
+            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None, None)
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -146,7 +137,6 @@ class DMXQuantLinear(qnn.QuantLinear):
     (module docstring); ``set_weight_grad_tokens`` sets it on a whole model."""
 
     weight_grad_tokens: Optional[int] = None
-    weight_grad_rows: Optional[int] = None
 
     def forward(self, input):
         quants = fused_quantizers(self) if isinstance(input, Tensor) else None
@@ -168,8 +158,7 @@ class DMXQuantLinear(qnn.QuantLinear):
             wq.group_size,
             wq.scale_rule,
             xq.scale_rule,
-            self.weight_grad_tokens,
-            self.weight_grad_rows)
+            self.weight_grad_tokens)
 
 
 def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> int:
