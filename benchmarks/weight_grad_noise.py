@@ -1,6 +1,6 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-"""How noisy is the sampled weight format gradient (``--dmx-weight-grad-tokens``)?
+"""How noisy is the sampled weight format gradient (``DMXQuantLinear.weight_grad_tokens``)?
 
 For a few batches of real text, each offset's gradient is computed exactly and from every
 systematic token sample of the given stride (one forward, one backward per sample start).

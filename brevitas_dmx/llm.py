@@ -35,6 +35,9 @@ from brevitas_dmx.solver.trainer import NonFiniteLossError
 from brevitas_dmx.solver.trainer import OFFSETS_FILE
 from brevitas_dmx.solver.trainer import OPTIMIZERS
 
+# A run folder's metrics (written at the end of a run; a re-targeting run reads its source's).
+METRICS_FILE = "metrics.json"
+
 # Brevitas flags that a dMX run honours; any other flag set away from its default is refused
 # with --dmx until it composes (the check runs before anything is loaded).
 HONOURED_BREVITAS_FLAGS = {
@@ -687,9 +690,9 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
         return metrics
 
     deployed = _deploy(args, model, metrics) if fmap is not None else []
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
-    written = ["metrics.json"] + deployed
+    written = [METRICS_FILE] + deployed
     if fmap is not None:
         with open(os.path.join(out_dir, "format_map.json"), "w") as f:
             json.dump(fmap, f, indent=1)
@@ -710,7 +713,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
 def _source_train_steps(run_dir: str) -> Optional[int]:
     """How long the run whose offsets are re-targeted trained (None if it kept no metrics)."""
     try:
-        with open(os.path.join(run_dir, "metrics.json")) as f:
+        with open(os.path.join(run_dir, METRICS_FILE)) as f:
             return json.load(f).get("train_steps")
     except (OSError, ValueError):
         return None

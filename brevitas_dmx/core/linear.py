@@ -161,16 +161,15 @@ class DMXQuantLinear(qnn.QuantLinear):
             self.weight_grad_tokens)
 
 
-def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> int:
+def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> None:
     """Estimate every ``DMXQuantLinear``'s weight format gradient from ``tokens`` tokens per
-    micro-batch (None: exact). Returns the number of layers set."""
+    micro-batch (None: exact)."""
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or
                                tokens < 1):
         raise ValueError(f"weight_grad_tokens must be a positive integer or None, got {tokens!r}.")
-    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
-    for layer in layers:
-        layer.weight_grad_tokens = tokens
-    return len(layers)
+    for layer in model.modules():
+        if isinstance(layer, DMXQuantLinear):
+            layer.weight_grad_tokens = tokens
 
 
 def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
