@@ -15,7 +15,6 @@ Everything here is a no-op in a single process.
 """
 
 import builtins
-import math
 import os
 from typing import Dict, Optional
 
@@ -125,22 +124,22 @@ def barrier() -> None:
 
 
 @torch.no_grad()
-def perplexity(
-        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
-    """``brevitas_dmx.evaluate.perplexity``, with the batches dealt out to the ranks.
+def window_nll(
+        model,
+        windows: torch.Tensor,
+        batch_size: int = 4,
+        desc: str = "perplexity") -> torch.Tensor:
+    """``brevitas_dmx.evaluate.window_nll``, with the batches dealt out to the ranks.
 
-    Each rank evaluates whole batches (the same batches a single process forms, so each batch's
-    NLL is the same bits), and the NLL sums and token counts are all-reduced in float64: the
-    result equals the single-process one up to the order of a float64 sum.
+    Each rank evaluates whole batches (the same batches a single process forms, so each
+    window's NLL is the same bits) and leaves the others' windows at zero; a float64 sum over
+    the ranks then fills in every window exactly.
     """
-    from brevitas_dmx.evaluate import perplexity as single_process_perplexity
+    from brevitas_dmx.evaluate import window_nll as single_process_window_nll
     if not is_distributed():
-        return single_process_perplexity(model, windows, batch_size, desc)
-    from brevitas_dmx.evaluate import nll_sum
+        return single_process_window_nll(model, windows, batch_size, desc)
     starts = list(range(0, len(windows), batch_size))[rank()::world_size()]
-    total_nll, total_tokens = nll_sum(model, windows, batch_size, desc, starts)
-    totals = all_reduce(torch.tensor([total_nll, float(total_tokens)], dtype=torch.float64))
-    return math.exp(float(totals[0]) / float(totals[1]))
+    return all_reduce(single_process_window_nll(model, windows, batch_size, desc, starts))
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:

@@ -12,32 +12,81 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def nll_sum(
-        model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity", starts=None):
-    """(summed next-token NLL, token count) over the batches of ``windows`` ([n, seqlen] token
-    ids) that begin at ``starts`` (all of them by default), in eval mode."""
+def window_nll(
+        model,
+        windows: torch.Tensor,
+        batch_size: int = 4,
+        desc: str = "perplexity",
+        starts=None) -> torch.Tensor:
+    """Summed next-token NLL of each window ([n, seqlen] token ids), in eval mode, as a float64
+    vector of length n. Only the batches that begin at ``starts`` (all of them by default) are
+    evaluated; the other windows are left at 0 (ranks fill in their own share)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     if starts is None:
         starts = range(0, len(windows), batch_size)
-    total_nll, total_tokens = 0.0, 0
+    nll = torch.zeros(len(windows), dtype=torch.float64)
     for start in tqdm(starts, desc=desc, leave=False):
         batch = windows[start:start + batch_size].to(device)
         logits = model(input_ids=batch).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += batch[:, 1:].numel()
+        token_nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none")
+        nll[start:start + len(batch)] = token_nll.double().sum(dim=1).cpu()
     model.train(was_training)
-    return total_nll, total_tokens
+    return nll
+
+
+def perplexity_of(nll: torch.Tensor, seqlen: int) -> float:
+    """exp(mean next-token NLL) from per-window NLL sums of ``seqlen``-token windows."""
+    return math.exp(float(nll.sum()) / (len(nll) * (seqlen - 1)))
 
 
 def perplexity(
         model, windows: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> float:
     """exp(mean next-token NLL) over ``windows`` ([n, seqlen] token ids), in eval mode."""
-    total_nll, total_tokens = nll_sum(model, windows, batch_size, desc)
-    return math.exp(total_nll / total_tokens)
+    return perplexity_of(window_nll(model, windows, batch_size, desc), windows.shape[1])
+
+
+def windows_fingerprint(windows: torch.Tensor) -> str:
+    """A short hash of the evaluation token ids: paired comparisons need the same windows."""
+    import hashlib
+    return hashlib.sha1(windows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def paired_ratio(
+        nll_a,
+        nll_b,
+        seqlen: int,
+        resamples: int = 2000,
+        seed: int = 0,
+        level: float = 0.95) -> Dict[str, float]:
+    """Perplexity of A over perplexity of B on the same windows, with a paired bootstrap
+    confidence interval: windows are resampled with replacement, the same draw for both, so
+    what the text makes easy or hard for every model cancels and only the difference between
+    the models is left to chance. Returns ``ratio``, ``low``, ``high`` (ratios, e.g. 0.95 =
+    A's perplexity is 5 % lower) and ``windows``."""
+    a = torch.as_tensor(nll_a, dtype=torch.float64)
+    b = torch.as_tensor(nll_b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or len(a) == 0:
+        raise ValueError(
+            f"paired comparison needs per-window NLLs of the same windows; got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}")
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level {level} is not between 0 and 1")
+    tokens = seqlen - 1
+    difference = (a - b) / tokens  # per-window mean NLL difference
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(a), (resamples, len(a)), generator=generator)
+    means = difference[draws].mean(dim=1)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    return {
+        "ratio": math.exp(float(difference.mean())),
+        "low": math.exp(float(low)),
+        "high": math.exp(float(high)),
+        "windows": len(a)
+    }
 
 
 def format_table(fmap: Dict[str, Dict]) -> str:

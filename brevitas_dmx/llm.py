@@ -502,7 +502,9 @@ def run_dmx(args) -> Dict:
     from brevitas_dmx.baselines import unit_scores
     from brevitas_dmx.data import calibration_samples
     from brevitas_dmx.data import evaluation_windows
-    from brevitas_dmx.distributed import perplexity  # batches dealt out to the ranks
+    from brevitas_dmx.distributed import window_nll  # batches dealt out to the ranks
+    from brevitas_dmx.evaluate import perplexity_of
+    from brevitas_dmx.evaluate import windows_fingerprint
     from brevitas_dmx.models import load_model
     from brevitas_dmx.models import load_tokenizer
     from brevitas_dmx.solver import project_model
@@ -540,12 +542,16 @@ def run_dmx(args) -> Dict:
         "target_bits": args.dmx_target_bits,
         "ladder": args.dmx_ladder,
         "average": args.dmx_average,
-        "budget_with_scales": args.dmx_budget_with_scales
+        "budget_with_scales": args.dmx_budget_with_scales,
+        "eval_windows": len(windows),
+        "eval_fingerprint": windows_fingerprint(windows)
     }
-    metrics["float_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, "float ppl")
+    float_nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
+    metrics["float_ppl"] = perplexity_of(float_nll, args.seqlen)
     print(f"[dMX] float perplexity {metrics['float_ppl']:.3f}")
     if method == "float":
         metrics["quant_ppl"] = metrics["float_ppl"]
+        metrics["window_nll"] = float_nll.tolist()
         metrics["search_time_s"] = 0.0
         _zero_shot(args, model, tokenizer, metrics)
         return _finish(args, model, tokenizer, metrics, None, out_dir, started, device)
@@ -570,7 +576,8 @@ def run_dmx(args) -> Dict:
         for fmt in (ladder.formats[0], ladder.formats[-1]):
             dmx.apply_format_map(model, {name: fmt.name for name, _ in layers})
             key = _uniform_key(fmt)
-            metrics[key] = perplexity(model, windows, args.dmx_eval_batch_size, key)
+            metrics[key] = perplexity_of(
+                window_nll(model, windows, args.dmx_eval_batch_size, key), args.seqlen)
             print(f"[dMX] uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {metrics[key]:.3f}")
         dmx.clear_format_pins(model)
 
@@ -611,7 +618,10 @@ def run_dmx(args) -> Dict:
     # Evaluated with the learnable quantizers on their discrete formats: bit-identical to the
     # finalized model (checked below) and faster, as they quantize each frozen weight only once.
     model.eval()
-    metrics["quant_ppl"] = perplexity(model, windows, args.dmx_eval_batch_size, f"{method} ppl")
+    # Kept per window, so that two points on the same windows can be compared pairwise.
+    metrics["window_nll"] = window_nll(model, windows, args.dmx_eval_batch_size,
+                                       f"{method} ppl").tolist()
+    metrics["quant_ppl"] = perplexity_of(torch.tensor(metrics["window_nll"]), args.seqlen)
     _zero_shot(args, model, tokenizer, metrics)
     with torch.no_grad():
         reference = model(input_ids=windows[:1].to(device)).logits
@@ -726,7 +736,7 @@ def append_result(path: str, metrics: Dict, args) -> None:
             "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
             "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
             "search_time_s", "zero_shot_time_s", "total_time_s", "device", "retargeted_from",
-            "retargeted_steps")
+            "retargeted_steps", "eval_windows", "eval_fingerprint", "window_nll")
     }
     record.update(
         label=args.dmx_label,

@@ -8,7 +8,10 @@ to ``results.jsonl`` in the output folder. A point already in the results file i
 and an interrupted dMX training resumes from its last checkpoint, so an interrupted sweep is
 finished by running the same command again. Every run ends by writing ``pareto.md`` (table) and
 ``pareto.png`` (perplexity and accuracy against average bits, one line per method) from all the
-results in the file, so sweeps over several ladders accumulate into one picture.
+results in the file, so sweeps over several ladders accumulate into one picture. Where a dMX
+point and the kl and fisher points at its target were evaluated on the same windows, the table
+is followed by a paired comparison of dMX against the better baseline, with a bootstrap
+confidence interval over the windows: differences of a percent or less are often chance.
 
 Everything after ``--`` goes to ``brevitas_dmx_llm`` unchanged (sequence length, samples, steps,
 evaluation tasks, which average the budget binds, ...).
@@ -207,6 +210,65 @@ def report_table(records: List[Dict], average: str = HEADLINE) -> str:
     return "\n".join(lines)
 
 
+BASELINES = ("kl", "fisher")
+
+
+def _same_problem(a: Dict, b: Dict) -> bool:
+    """Two points of one budget: same model, ladder, target, average and evaluation windows."""
+    keys = ("model", "ladder", "target_bits", "average", "budget_with_scales", "seqlen")
+    return all(a.get(k) == b.get(k) for k in keys) and (
+        a.get("eval_fingerprint") is not None and
+        a.get("eval_fingerprint") == b.get("eval_fingerprint"))
+
+
+def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
+    """Each dMX point against the best baseline (kl or fisher, lowest perplexity) at its budget,
+    on the same evaluation windows: the perplexity ratio with its paired bootstrap interval.
+    Points without per-window NLLs (older results files) are left out."""
+    from brevitas_dmx.evaluate import paired_ratio
+    comparisons = []
+    for point in records:
+        if point["method"] != "dmx" or not point.get("window_nll"):
+            continue
+        rivals = [
+            r for r in records
+            if r["method"] in BASELINES and r.get("window_nll") and _same_problem(point, r)
+        ]
+        if not rivals:
+            continue
+        best = min(rivals, key=lambda r: r["quant_ppl"])
+        stats = paired_ratio(point["window_nll"], best["window_nll"], point["seqlen"], level=level)
+        if stats["high"] < 1:
+            verdict = "dMX better"
+        elif stats["low"] > 1:
+            verdict = "baseline better"
+        else:
+            verdict = "not separated"
+        comparisons.append(dict(stats, point=point, baseline=best, verdict=verdict, level=level))
+    return comparisons
+
+
+def comparison_table(comparisons: List[Dict]) -> str:
+    """Markdown table of ``paired_comparisons``."""
+    if not comparisons:
+        return ""
+    level = f"{100 * comparisons[0]['level']:g} %"
+    lines = [
+        f"| dMX point | ladder | target | dMX ppl | best baseline | its ppl | dMX vs baseline "
+        f"[{level} interval] | windows | verdict |",
+        "|" + "---|" * 9
+    ]
+    for c in comparisons:
+        point, base = c["point"], c["baseline"]
+        ratio, low, high = (f"{100 * (c[k] - 1):+.1f}" for k in ("ratio", "low", "high"))
+        lines.append(
+            f"| {point.get('label') or 'dmx'} | {point['ladder']} | {point['target_bits']:g} | "
+            f"{point['quant_ppl']:.3f} | {base.get('label') or base['method']} | "
+            f"{base['quant_ppl']:.3f} | {ratio} % [{low}, {high}] | {c['windows']} | "
+            f"{c['verdict']} |")
+    return "\n".join(lines)
+
+
 def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: str = "") -> str:
     """Perplexity (and each task's accuracy) against average bits, one line per method."""
     import matplotlib
@@ -263,6 +325,11 @@ def write_report(output: str, average: str = HEADLINE, title: str = "") -> Tuple
     table = os.path.join(output, "pareto.md")
     with open(table, "w") as f:
         f.write(report_table(records, average) + "\n")
+        comparisons = comparison_table(paired_comparisons(records))
+        if comparisons:
+            f.write(
+                "\nPaired comparison on the same evaluation windows (bootstrap over windows; "
+                "negative: dMX has the lower perplexity):\n\n" + comparisons + "\n")
     return table, plot_pareto(records, os.path.join(output, "pareto.png"), average, title)
 
 

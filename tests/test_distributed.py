@@ -109,6 +109,8 @@ def test_two_processes_give_the_single_process_result(runs):
                 "avg_bits_with_scales",
                 "learned_avg_bits"):
         assert m2[key] == pytest.approx(m1[key], rel=1e-9), key
+    # every window evaluated once, by one rank or the other
+    assert m2["window_nll"] == pytest.approx(m1["window_nll"], rel=1e-9)
     assert m1["format_counts"] == m2["format_counts"]
     # rank 0 alone prints the report and appends one result line
     assert two.stdout.count("Share of the low->high format perplexity gap closed") == 1

@@ -3,6 +3,7 @@
 """brevitas_dmx_pareto: the sweep, its report, and resuming without recomputing."""
 
 import json
+import math
 
 import pytest
 
@@ -234,3 +235,57 @@ def test_dmx_runs_of_different_lengths_are_separate_lines():
     assert pareto._series(record) != pareto._series(longer)
     assert pareto._series({"method": "kl", "ladder": "mxfp8-mxfp4", "steps": None}) == \
         "kl (mxfp8-mxfp4)"
+
+
+def _point(method, ppl, nll, fingerprint="abc", target=5.0):
+    return {
+        "label": f"{method}-{target:g}",
+        "method": method,
+        "model": "m",
+        "ladder": "mxfp8-mxfp4",
+        "target_bits": target,
+        "average": "memory",
+        "budget_with_scales": True,
+        "seqlen": 16,
+        "quant_ppl": ppl,
+        "eval_fingerprint": fingerprint,
+        "window_nll": nll
+    }
+
+
+def test_paired_comparison_takes_the_better_baseline_on_the_same_windows():
+    base = [30.0 + i % 7 for i in range(40)]
+    records = [
+        _point("dmx", 9.0, [v - 0.6 for v in base]),
+        _point("kl", 11.0, [v + 0.5 for v in base]),
+        _point("fisher", 10.0, base),
+        _point("fisher", 1.0, [v - 5 for v in base], fingerprint="other windows"),
+        _point("fisher", 1.0, [v - 5 for v in base], target=6.0),
+    ]
+    (comparison,) = pareto.paired_comparisons(records)
+    assert comparison["baseline"] is records[2]
+    assert comparison["ratio"] == pytest.approx(math.exp(-0.6 / 15))
+    assert comparison["verdict"] == "dMX better"
+    assert "| fisher-5 | 10.000 | -3.9 % [-3.9, -3.9] | 40 | dMX better |" in \
+        pareto.comparison_table([comparison])
+
+
+def test_points_without_window_nll_are_not_compared():
+    records = [_point("dmx", 9.0, None), _point("fisher", 10.0, [1.0, 2.0])]
+    assert pareto.paired_comparisons(records) == []
+
+
+def test_report_compares_dmx_with_the_baselines_on_the_same_windows(
+        finished_sweep, retarget_sweep, tmp_path):
+    results = tmp_path / pareto.RESULTS_FILE
+    results.write_text(
+        (finished_sweep / pareto.RESULTS_FILE).read_text()
+        + (retarget_sweep / pareto.RESULTS_FILE).read_text())
+    records = pareto.read_results(str(results))
+    assert all(len(r["window_nll"]) == r["eval_windows"] == 4 for r in records)
+    assert pareto.main(
+        ["--model", "m", "--dataset", "d", "--output", str(tmp_path), "--report-only"]) == 0
+    report = (tmp_path / "pareto.md").read_text()
+    assert "Paired comparison" in report
+    assert "| dmx-mxfp8-mxfp4-5 | mxfp8-mxfp4 | 5 |" in report
+    assert "| fisher-mxfp8-mxfp4-6 |" in report.split("Paired comparison")[1]
