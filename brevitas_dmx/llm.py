@@ -111,6 +111,11 @@ def build_parser():
         default=None,
         help="JSON file that keeps kl / fisher layer scores: reused when the model, data and "
         "settings match (a sweep scores once).")
+    group.add_argument(
+        "--dmx-float-cache",
+        default=None,
+        help="JSON file that keeps the float model's NLL on each evaluation window: reused when "
+        "the model, dtype, device and windows match (a sweep evaluates the float model once).")
     group.add_argument("--dmx-ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
     group.add_argument("--dmx-lambda", type=float, default=5.0, help="Penalty weight (5).")
     group.add_argument(
@@ -412,13 +417,10 @@ def _sensitivity(args, model, calib, method: str):
             "quantize_last_layer": args.quantize_last_layer
         },
         sort_keys=True)
-    cache = {}
-    if args.dmx_sensitivity_cache and os.path.isfile(args.dmx_sensitivity_cache):
-        with open(args.dmx_sensitivity_cache) as f:
-            cache = json.load(f)
-        if key in cache:
-            print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
-            return cache[key]["scores"], cache[key]["time_s"]
+    cached = _read_cache(args.dmx_sensitivity_cache, key)
+    if cached is not None:
+        print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
+        return cached["scores"], cached["time_s"]
     exclude = () if args.quantize_last_layer else ("lm_head",)
     score = kl_sensitivity if method == "kl" else fisher_sensitivity
     start = time.perf_counter()
@@ -429,11 +431,52 @@ def _sensitivity(args, model, calib, method: str):
         weights_only=args.dmx_weights_only,
         scale_rule=args.dmx_scale_rule)
     elapsed = time.perf_counter() - start
-    if args.dmx_sensitivity_cache:
-        cache[key] = {"scores": scores, "time_s": elapsed}
-        with open(args.dmx_sensitivity_cache, "w") as f:
-            json.dump(cache, f)
+    _write_cache(args.dmx_sensitivity_cache, key, {"scores": scores, "time_s": elapsed})
     return scores, elapsed
+
+
+def _read_cache(path: Optional[str], key: str):
+    """The entry ``key`` of a JSON cache file (None if there is no file or no such entry)."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get(key)
+
+
+def _write_cache(path: Optional[str], key: str, value) -> None:
+    """Adds ``key`` to a JSON cache file (rank 0 writes; a no-op without a file)."""
+    if not path or not distributed.is_main():
+        return
+    cache = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            cache = json.load(f)
+    cache[key] = value
+    with open(path, "w") as f:
+        json.dump(cache, f)
+
+
+def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.Tensor:
+    """The float model's NLL per evaluation window, from ``--dmx-float-cache`` when it holds
+    the same model, dtype, device type, windows and batch size (batching moves the last bits)."""
+    from brevitas_dmx.distributed import window_nll
+    key = json.dumps(
+        {
+            "model": args.model,
+            "dtype": args.dtype,
+            "device": torch.device(device).type,
+            "seqlen": args.seqlen,
+            "batch_size": args.dmx_eval_batch_size,
+            "windows": fingerprint
+        },
+        sort_keys=True)
+    cached = _read_cache(args.dmx_float_cache, key)
+    if cached is not None:
+        print(f"[dMX] float NLL from {args.dmx_float_cache}")
+        return torch.tensor(cached, dtype=torch.float64)
+    nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
+    _write_cache(args.dmx_float_cache, key, nll.tolist())
+    return nll
 
 
 def _preset_map(args, layer_names: List[str]) -> Dict:
@@ -546,7 +589,7 @@ def run_dmx(args) -> Dict:
         "eval_windows": len(windows),
         "eval_fingerprint": windows_fingerprint(windows)
     }
-    float_nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
+    float_nll = _float_window_nll(args, model, windows, metrics["eval_fingerprint"], device)
     metrics["float_ppl"] = perplexity_of(float_nll, args.seqlen)
     print(f"[dMX] float perplexity {metrics['float_ppl']:.3f}")
     if method == "float":

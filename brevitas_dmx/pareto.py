@@ -143,7 +143,9 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
                     "--dmx-results",
                     os.path.join(out, RESULTS_FILE),
                     "--dmx-sensitivity-cache",
-                    os.path.join(out, "sensitivity.json")
+                    os.path.join(out, "sensitivity.json"),
+                    "--dmx-float-cache",
+                    os.path.join(out, "float_nll.json")
                 ] + llm_argv))
     return runs
 

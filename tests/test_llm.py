@@ -193,3 +193,53 @@ def test_bfloat16_run(tiny_folder, text_file, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["avg_bits"] <= 6.0
     assert 1.0 < metrics["quant_ppl"] < 1e4  # finite and a perplexity
+
+
+def _float_argv(model, data, out, cache):
+    return [
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "8",
+        "--dmx",
+        "--dmx-method",
+        "float",
+        "--dmx-eval-windows",
+        "6",
+        "--dmx-float-cache",
+        str(cache),
+        "--dmx-output",
+        str(out)
+    ]
+
+
+def test_float_cache_spares_the_second_float_evaluation(
+        tiny_folder, text_file, tmp_path, monkeypatch):
+    from brevitas_dmx import distributed
+    cache = tmp_path / "float_nll.json"
+    assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "first", cache)) == 0
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the float model was evaluated again")
+
+    monkeypatch.setattr(distributed, "window_nll", refuse)
+    assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "second", cache)) == 0
+    second = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert second["float_ppl"] == first["float_ppl"]
+    assert second["window_nll"] == first["window_nll"]
+
+
+def test_float_cache_is_not_used_for_other_windows(tiny_folder, text_file, tmp_path):
+    cache = tmp_path / "float_nll.json"
+    assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "six", cache)) == 0
+    argv = _float_argv(tiny_folder, text_file, tmp_path / "four", cache)
+    argv[argv.index("--dmx-eval-windows") + 1] = "4"
+    assert llm.main(argv) == 0
+    assert len(json.loads(cache.read_text())) == 2
+    metrics = json.loads((tmp_path / "four" / "metrics.json").read_text())
+    assert len(metrics["window_nll"]) == 4

@@ -289,3 +289,10 @@ def test_report_compares_dmx_with_the_baselines_on_the_same_windows(
     assert "Paired comparison" in report
     assert "| dmx-mxfp8-mxfp4-5 | mxfp8-mxfp4 | 5 |" in report
     assert "| fisher-mxfp8-mxfp4-6 |" in report.split("Paired comparison")[1]
+
+
+def test_sweep_evaluates_the_float_model_once(finished_sweep):
+    cache = json.loads((finished_sweep / "float_nll.json").read_text())
+    assert len(cache) == 1
+    records = pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))
+    assert len({r["float_ppl"] for r in records}) == 1
