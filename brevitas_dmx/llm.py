@@ -783,6 +783,7 @@ def append_result(path: str, metrics: Dict, args) -> None:
     }
     record.update(
         label=args.dmx_label,
+        seed=args.seed,
         seqlen=args.seqlen,
         nsamples=args.nsamples,
         steps=args.dmx_steps if "train_steps" in metrics else None,

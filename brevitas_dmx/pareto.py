@@ -216,17 +216,18 @@ BASELINES = ("kl", "fisher")
 
 
 def _same_problem(a: Dict, b: Dict) -> bool:
-    """Two points of one budget: same model, ladder, target, average and evaluation windows."""
-    keys = ("model", "ladder", "target_bits", "average", "budget_with_scales", "seqlen")
+    """Two points of one budget and seed: same model, ladder, target, average, seed (calibration
+    data) and evaluation windows."""
+    keys = ("model", "ladder", "target_bits", "average", "budget_with_scales", "seqlen", "seed")
     return all(a.get(k) == b.get(k) for k in keys) and (
         a.get("eval_fingerprint") is not None and
         a.get("eval_fingerprint") == b.get("eval_fingerprint"))
 
 
 def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
-    """Each dMX point against the best baseline (kl or fisher, lowest perplexity) at its budget,
-    on the same evaluation windows: the perplexity ratio with its paired bootstrap interval.
-    Points without per-window NLLs (older results files) are left out."""
+    """Each dMX point against the best baseline (kl or fisher, lowest perplexity) at its budget
+    and seed, on the same evaluation windows: the perplexity ratio with its paired bootstrap
+    interval. Points without per-window NLLs (older results files) are left out."""
     from brevitas_dmx.evaluate import paired_ratio
     comparisons = []
     for point in records:

@@ -237,8 +237,9 @@ def test_dmx_runs_of_different_lengths_are_separate_lines():
         "kl (mxfp8-mxfp4)"
 
 
-def _point(method, ppl, nll, fingerprint="abc", target=5.0):
+def _point(method, ppl, nll, fingerprint="abc", target=5.0, seed=0):
     return {
+        "seed": seed,
         "label": f"{method}-{target:g}",
         "method": method,
         "model": "m",
@@ -253,7 +254,7 @@ def _point(method, ppl, nll, fingerprint="abc", target=5.0):
     }
 
 
-def test_paired_comparison_takes_the_better_baseline_on_the_same_windows():
+def test_paired_comparison_takes_the_better_baseline_of_the_same_windows_and_seed():
     base = [30.0 + i % 7 for i in range(40)]
     records = [
         _point("dmx", 9.0, [v - 0.6 for v in base]),
@@ -261,6 +262,7 @@ def test_paired_comparison_takes_the_better_baseline_on_the_same_windows():
         _point("fisher", 10.0, base),
         _point("fisher", 1.0, [v - 5 for v in base], fingerprint="other windows"),
         _point("fisher", 1.0, [v - 5 for v in base], target=6.0),
+        _point("fisher", 1.0, [v - 5 for v in base], seed=1),
     ]
     (comparison,) = pareto.paired_comparisons(records)
     assert comparison["baseline"] is records[2]
