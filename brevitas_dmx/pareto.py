@@ -163,16 +163,18 @@ def _bits(record: Dict, average: str) -> Optional[float]:
 
 
 def _series(record: Dict) -> str:
-    """The line a point belongs to in the plot."""
+    """The line a point belongs to in the plot (runs with a seed other than the default apart)."""
     method = record["method"]
+    seed = record.get("seed")
+    seed = f" seed {seed}" if seed not in (None, 0) else ""
     if record.get("retargeted_from"):
         steps = record.get("retargeted_steps")
         trained = f" from {steps} steps" if steps is not None else ""
-        return f"dmx retargeted{trained} ({record['ladder']})"
+        return f"dmx retargeted{trained} ({record['ladder']}){seed}"
     if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
-        return f"dmx {record['steps']} steps ({record['ladder']})"
+        return f"dmx {record['steps']} steps ({record['ladder']}){seed}"
     if method in ("kl", "fisher", "dmx"):
-        return f"{method} ({record['ladder']})"
+        return f"{method} ({record['ladder']}){seed}"
     return method
 
 

@@ -298,3 +298,9 @@ def test_sweep_evaluates_the_float_model_once(finished_sweep):
     assert len(cache) == 1
     records = pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))
     assert len({r["float_ppl"] for r in records}) == 1
+
+
+def test_runs_with_another_seed_are_separate_lines():
+    record = {"method": "fisher", "ladder": "mxfp8-mxfp4", "steps": None, "seed": 0}
+    assert pareto._series(dict(record, seed=1)) != pareto._series(record)
+    assert pareto._series(record) == pareto._series(dict(record, seed=None))
