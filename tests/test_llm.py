@@ -196,25 +196,9 @@ def test_bfloat16_run(tiny_folder, text_file, tmp_path):
 
 
 def _float_argv(model, data, out, cache):
-    return [
-        "--model",
-        model,
-        "--dataset",
-        data,
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "8",
-        "--dmx",
-        "--dmx-method",
-        "float",
-        "--dmx-eval-windows",
-        "6",
-        "--dmx-float-cache",
-        str(cache),
-        "--dmx-output",
-        str(out)
-    ]
+    flags = "--seqlen 32 --nsamples 8 --dmx --dmx-method float --dmx-eval-windows 6".split()
+    return ["--model", model, "--dataset", data, *flags
+           ] + ["--dmx-float-cache", str(cache), "--dmx-output", str(out)]
 
 
 def test_float_cache_spares_the_second_float_evaluation(
