@@ -662,9 +662,9 @@ def run_dmx(args) -> Dict:
     # finalized model (checked below) and faster, as they quantize each frozen weight only once.
     model.eval()
     # Kept per window, so that two points on the same windows can be compared pairwise.
-    metrics["window_nll"] = window_nll(model, windows, args.dmx_eval_batch_size,
-                                       f"{method} ppl").tolist()
-    metrics["quant_ppl"] = perplexity_of(torch.tensor(metrics["window_nll"]), args.seqlen)
+    quant_nll = window_nll(model, windows, args.dmx_eval_batch_size, f"{method} ppl")
+    metrics["window_nll"] = quant_nll.tolist()
+    metrics["quant_ppl"] = perplexity_of(quant_nll, args.seqlen)
     _zero_shot(args, model, tokenizer, metrics)
     with torch.no_grad():
         reference = model(input_ids=windows[:1].to(device)).logits
