@@ -19,6 +19,8 @@ shared with other work disturbs them alike; the table gives medians and ratios.
 ``llama-1b-layers``: random weights with Llama-3.2-1B's shapes (hidden 2048, intermediate 8192,
 32 heads, 8 KV heads), ``--layers`` decoder layers, and by default a vocabulary scaled with the
 depth (128256 x layers / 16, so that the LM head keeps its share of the full model's work).
+``llama-8b-layers``: the same with Llama-3.1-8B's shapes (hidden 4096, intermediate 14336, head
+dimension 128, untied LM head; vocabulary 128256 x layers / 32).
 """
 
 import argparse
@@ -47,24 +49,43 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+# The decoder shapes of Llama-3.2-1B and Llama-3.1-8B (their full depths scale the vocabulary).
+LLAMA_SHAPES = {
+    "llama-1b-layers":
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_attention_heads=32,
+            head_dim=64,
+            num_hidden_layers=16,
+            tie_word_embeddings=True),
+    "llama-8b-layers":
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_attention_heads=32,
+            head_dim=128,
+            num_hidden_layers=32,
+            tie_word_embeddings=False),
+}
+
+
 def build_float_model(name, layers, vocab, dtype):
     if name == "smollm2-135m":
         from brevitas_dmx.models import load_model
         return load_model("smollm2-135m", "float32").to(dtype)
     from transformers import LlamaConfig
     from transformers import LlamaForCausalLM
-    vocab = vocab or max(1024, round(128256 * layers / 16))
+    shape = LLAMA_SHAPES[name]
+    vocab = vocab or max(1024, round(128256 * layers / shape["num_hidden_layers"]))
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
+        **{
+            **shape, "num_hidden_layers": layers
+        },
         num_key_value_heads=8,
-        head_dim=64,
         max_position_embeddings=131072,
         rope_theta=500000.0,
-        tie_word_embeddings=True,
         torch_dtype=dtype)
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -170,7 +191,7 @@ def make_step(model, variant, input_ids, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", default="llama-1b-layers", choices=("llama-1b-layers", "smollm2-135m"))
+        "--model", default="llama-1b-layers", choices=tuple(LLAMA_SHAPES) + ("smollm2-135m",))
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
@@ -217,12 +238,17 @@ def main():
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        # Peaks over the memory held at the start, as on the CPU: the other variants' models stay
+        # on the GPU meanwhile.
+        held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
         with RSSPeak() as rss:
             start = time.perf_counter()
             steps[variant]()
             _sync(device)
             seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak - rss.base
+        peak = (
+            torch.cuda.max_memory_allocated() - held if device.type == "cuda" else rss.peak
+            - rss.base)
         return seconds, peak
 
     warm = {}
@@ -253,7 +279,7 @@ def main():
         f"{f' ({args.layers} layers, vocab {vocab})' if args.model != 'smollm2-135m' else ''}, "
         f"batch {args.batch}x{args.tokens}, {args.dtype}, median of {args.repeats} interleaved"
         f"{f', sampled weight grad from {args.weight_grad_tokens} tokens' if sampled else ''}")
-    peak_name = "CUDA peak (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
+    peak_name = "CUDA peak over start (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
     print(
         f"| variant | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) | vs float "
         f"| vs Brevitas | {peak_name} | warm-up steps (s) |")

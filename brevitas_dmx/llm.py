@@ -604,7 +604,8 @@ def run_dmx(args) -> Dict:
         scores, search_time = _sensitivity(args, model, calib, method)
 
     blacklist = [] if args.quantize_last_layer else ["lm_head"]
-    model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist)
+    # Brevitas builds the input quantizers on the CPU: move the new offsets to the model's device.
+    model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist).to(device)
     layers = dmx.dmx_layers(model)
     if not layers:
         raise UsageError(f"--model {args.model}: no Linear layers to quantize")

@@ -84,6 +84,15 @@ class DMXFloatQuant(nn.Module):
             return self.pinned_widths[0], self.pinned_widths[1]
         return self.offset.ladder.widths(self.offset())
 
+    def widths_on(self, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """``widths()`` on ``device``. Brevitas builds input quantizers without the layer's device,
+        so a layer made with ``device="cuda"`` keeps its input offset on the CPU until the model is
+        moved; the format scalars then follow the data (the gradient flows through the copy)."""
+        e, m = self.widths()
+        if e.device != device:
+            e, m = e.to(device), m.to(device)
+        return e, m
+
     def bits(self) -> Tensor:
         """Bits per element, 1 + e + m (differentiable while training)."""
         e, m = self.widths()
@@ -105,7 +114,7 @@ class DMXFloatQuant(nn.Module):
 
     def forward(self, x: Tensor):
         self.last_input_shape = tuple(x.shape)
-        e, m = self.widths()
+        e, m = self.widths_on(x.device)
         use_cache = self.caches_eval_output and not self.training and not torch.is_grad_enabled()
         if not use_cache:
             self._eval_cache = None
