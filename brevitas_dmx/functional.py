@@ -130,11 +130,15 @@ def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tens
     Computed once per call, outside the element-wise kernels: inside a compiled loop they would
     be recomputed (four scalar ``exp2``) for every vector of elements.
     """
-    return (
-        mx_max_exponent(e),
-        mx_max_normal(e, m),
-        torch.exp2(1 - mx_exponent_bias(e)),
-        torch.exp2(-m))
+    # The same operations as mx_max_exponent, mx_max_normal and mx_exponent_bias (so the same
+    # bits), with the shared subexpressions computed once: on a GPU each is a kernel launch.
+    half_range = torch.exp2(e - 1)
+    distance = e - 4
+    max_exponent = half_range - torch.clamp(distance, 0, 1)
+    step_factor = torch.exp2(-m)
+    nan_code = torch.clamp(1 - torch.abs(distance), 0, 1)
+    max_normal = (2 - (1 + nan_code) * step_factor) * torch.exp2(max_exponent)
+    return max_exponent, max_normal, torch.exp2(1 - (half_range - 1)), step_factor
 
 
 # The element-wise kernels take the format as ``format_constants``; they are what
@@ -195,22 +199,23 @@ _EAGER = {
 _KERNELS = dict(_EAGER)
 
 
-def forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str):
-    """Fake-quantized blocks and block scales (widths in ``blocks``' dtype); no autograd."""
-    max_exponent, max_normal, min_normal, step_factor = format_constants(e, m)
+def forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str, constants=None):
+    """Fake-quantized blocks and block scales (widths in ``blocks``' dtype); no autograd.
+    ``constants``: ``format_constants(e, m)`` when the caller already has them."""
+    max_exponent, max_normal, min_normal, step_factor = constants or format_constants(e, m)
     return _KERNELS["forward"](
         blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule)
 
 
-def backward_kernel(blocks, e, m, scale, grad_out, shape):
+def backward_kernel(blocks, e, m, scale, grad_out, shape, constants=None):
     """Input gradient and the three per-block sums of the format gradient; no autograd."""
-    _, max_normal, min_normal, step_factor = format_constants(e, m)
+    _, max_normal, min_normal, step_factor = constants or format_constants(e, m)
     return _KERNELS["backward"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
 
 
-def values_backward_kernel(blocks, e, m, scale, grad_out, shape):
+def values_backward_kernel(blocks, e, m, scale, grad_out, shape, constants=None):
     """A frozen tensor's fake-quantized value and the three sums, in one pass; no autograd."""
-    _, max_normal, min_normal, step_factor = format_constants(e, m)
+    _, max_normal, min_normal, step_factor = constants or format_constants(e, m)
     return _KERNELS["values_backward"](
         blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
 
@@ -272,34 +277,61 @@ class _MXQuantizeBlocks(torch.autograd.Function):
         return grad_blocks, grad_e, grad_m, None
 
 
+def _format_partials(e: Tensor, m: Tensor, scale_rule: str):
+    """The format terms' partial derivatives to ``e`` and ``m``, in closed form.
+
+    They are what autograd gives through ``mx_max_exponent``, ``mx_exponent_bias``,
+    ``mx_max_normal`` and ``_scale_exponent_term`` (with torch's conventions: ``clamp`` passes the
+    gradient on its closed range, ``abs`` has gradient 0 at 0), written out so that a backward
+    pass costs a few scalar operations instead of a small autograd graph per quantizer: on a GPU
+    those scalar operations are kernel launches, and they, not the element work, bound a step.
+    Returns ``max_normal`` and the pairs (d/de, d/dm) of the scale term, of the subnormal
+    threshold ``1 - bias``, and of ``max_normal``.
+    """
+    ln2 = math.log(2.0)
+    half_range = torch.exp2(e - 1)  # 2**(e-1): bias + 1
+    reserved = ((e >= 4) & (e <= 5)).to(e.dtype)  # d clamp(e - 4, 0, 1) / de
+    d_max_exponent = ln2 * half_range - reserved
+    distance = e - 4
+    nan_code = torch.clamp(1 - torch.abs(distance), 0, 1)
+    d_nan_code = -torch.sign(distance) * (torch.abs(distance) <= 1).to(e.dtype)
+    step_factor = torch.exp2(-m)
+    max_mantissa = 2 - (1 + nan_code) * step_factor
+    power = torch.exp2(half_range - torch.clamp(distance, 0, 1))  # 2**emax
+    max_normal = max_mantissa * power
+    d_max_normal_e = -step_factor * d_nan_code * power + max_normal * ln2 * d_max_exponent
+    d_max_normal_m = (1 + nan_code) * step_factor * ln2 * power
+    if scale_rule == "floor":
+        d_scale = (-d_max_exponent, torch.zeros_like(m))
+    else:  # -log2(max_normal)
+        d_scale = (-d_max_normal_e / (max_normal * ln2), -d_max_normal_m / (max_normal * ln2))
+    d_threshold = (-ln2 * half_range, torch.zeros_like(m))
+    return max_normal, d_scale, d_threshold, (d_max_normal_e, d_max_normal_m)
+
+
 def width_grads(
         exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated, scale_rule,
         shape):
     """Gradients of the loss to the widths, from the three per-block sums of the backward
-    kernels: autograd through the tiny format-parameter functions (bias, emax, max normal)."""
+    kernels, through the format terms' closed-form partials (``_format_partials``)."""
     ln2 = math.log(2.0)
-    with torch.enable_grad():
-        e = exponent_bits.detach().float().requires_grad_(True)
-        m = mantissa_bits.detach().float().requires_grad_(True)
-        max_normal = mx_max_normal(e, m)
-        terms = (
-            # the shared scale 2**k: d out / d k = ln2 * out
-            (
-                _scale_exponent_term(e, m, scale_rule),
-                ln2 * (sum_error + max_normal.detach() * sum_saturated)),
-            # the subnormal threshold 1 - bias sets the step of subnormal elements
-            (1 - mx_exponent_bias(e), ln2 * sum_error_subnormal),
-            # the step 2**(binade - m)
-            (-m, ln2 * sum_error),
-            # the saturation bound
-            (max_normal, sum_saturated),
-        )
-        outputs = [value.expand(shape) for value, _ in terms]
-        grad_e, grad_m = torch.autograd.grad(
-            outputs, (e, m), [adjoint.expand(shape) for _, adjoint in terms], allow_unused=True)
-    grad_e = None if grad_e is None else grad_e.sum_to_size(exponent_bits.shape)
-    grad_m = None if grad_m is None else grad_m.sum_to_size(mantissa_bits.shape)
-    return grad_e, grad_m
+    e, m = exponent_bits.detach().float(), mantissa_bits.detach().float()
+    max_normal, d_scale, d_threshold, d_max_normal = _format_partials(e, m, scale_rule)
+    # The adjoint of each term: what the loss gains per unit of that term, summed over blocks.
+    #   the shared scale 2**k: d out / d k = ln2 * out
+    #   the subnormal threshold 1 - bias sets the step of subnormal elements
+    #   the step 2**(binade - m) (the term -m)
+    #   the saturation bound max_normal
+    adjoint_scale = ln2 * (sum_error + max_normal * sum_saturated)
+    adjoint_threshold = ln2 * sum_error_subnormal
+    adjoint_step = ln2 * sum_error
+    grad_e = (
+        d_scale[0] * adjoint_scale + d_threshold[0] * adjoint_threshold
+        + d_max_normal[0] * sum_saturated)
+    grad_m = d_scale[1] * adjoint_scale - adjoint_step + d_max_normal[1] * sum_saturated
+    return (
+        grad_e.expand(shape).sum_to_size(exponent_bits.shape),
+        grad_m.expand(shape).sum_to_size(mantissa_bits.shape))
 
 
 def mx_quantize_blocks(

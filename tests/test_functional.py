@@ -284,6 +284,65 @@ def test_custom_backward_matches_autograd_reference(widths, scale_rule):
     assert ge.item() != 0.0 and gm.item() != 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_format_constants_equal_the_format_functions_bit_for_bit(dtype):
+    from brevitas_dmx.functional import format_constants
+    from brevitas_dmx.functional import mx_exponent_bias
+    from brevitas_dmx.functional import mx_max_exponent
+    e, m = torch.meshgrid(
+        torch.linspace(1.0, 6.0, 501), torch.linspace(0.0, 4.0, 401), indexing="ij")
+    e, m = e.to(dtype), m.to(dtype)
+    want = (
+        mx_max_exponent(e),
+        mx_max_normal(e, m),
+        torch.exp2(1 - mx_exponent_bias(e)),
+        torch.exp2(-m))
+    for got, expected in zip(format_constants(e, m), want):
+        assert torch.equal(got, expected)
+
+
+def _width_grads_by_autograd(e, m, sums, scale_rule, shape):
+    """Autograd through the format functions themselves: the oracle for the closed form."""
+    from brevitas_dmx.functional import _scale_exponent_term
+    from brevitas_dmx.functional import mx_exponent_bias
+    ln2 = math.log(2.0)
+    e, m = e.clone().requires_grad_(True), m.clone().requires_grad_(True)
+    sum_error, sum_subnormal, sum_saturated = sums
+    max_normal = mx_max_normal(e, m)
+    terms = (
+        (
+            _scale_exponent_term(e, m, scale_rule),
+            ln2 * (sum_error + max_normal.detach() * sum_saturated)),
+        (1 - mx_exponent_bias(e), ln2 * sum_subnormal),
+        (-m, ln2 * sum_error),
+        (max_normal, sum_saturated),
+    )
+    return torch.autograd.grad(
+        [v.expand(shape) for v, _ in terms], (e, m), [a.expand(shape) for _, a in terms])
+
+
+# Exponent widths on both sides of the E4M3 NaN code and the E5M2 reserved exponent (4 and 5),
+# and exactly on them, where clamp and abs switch their gradients.
+@pytest.mark.parametrize("e_value", [2.0, 2.7, 3.0, 3.5, 4.0, 4.25, 4.5, 5.0, 5.5])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+def test_closed_form_width_grads_match_autograd(e_value, scale_rule):
+    from brevitas_dmx.functional import width_grads
+    torch.manual_seed(0)
+    shape = (4, 1, 1)  # per-row widths against per-block sums
+    e = torch.full((4, 1, 1), e_value)
+    m = torch.tensor([0.5, 1.0, 2.3, 3.0]).view(4, 1, 1)
+    sums = [torch.randn(shape) for _ in range(3)]
+    got = width_grads(e, m, *sums, scale_rule, shape)
+    # The oracle in float64; the closed form runs in float32, where the saturation term
+    # (max_normal, up to 57344, times its sum) sets the size of the rounding error.
+    want = _width_grads_by_autograd(
+        e.double(), m.double(), [t.double() for t in sums], scale_rule, shape)
+    tolerance = 1e-5 * (1 + mx_max_normal(e, m).double() * sum(t.abs().double() for t in sums))
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert ((g.double() - w).abs() <= tolerance).all()
+
+
 def test_custom_backward_saves_only_the_input_and_block_scales():
     x = torch.randn(64, 256, requires_grad=True)
     e = torch.tensor(2.5, requires_grad=True)

@@ -35,6 +35,7 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from brevitas_dmx.functional import backward_kernel
+from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
@@ -55,23 +56,25 @@ class _DMXLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
-        xq, scale_x = forward_kernel(xb, e_x.to(x.dtype), m_x.to(x.dtype), rule_x)
-        wq, scale_w = forward_kernel(wb, e_w.to(weight.dtype), m_w.to(weight.dtype), rule_w)
+        # The format's scalars, computed once per step and reused by backward: on a GPU every
+        # scalar operation is a kernel launch, and launches, not element work, bound a step.
+        const_x = format_constants(e_x.to(x.dtype), m_x.to(x.dtype))
+        const_w = format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype))
+        xq, scale_x = forward_kernel(xb, None, None, rule_x, const_x)
+        wq, scale_w = forward_kernel(wb, None, None, rule_w, const_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
-        ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w)
+        ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w)
         ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w = ctx.saved_tensors
+        x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
+        const_x, const_w = tuple(constants[:4]), tuple(constants[4:])
         group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
-        dtype = x.dtype
-        ex, mx = e_x.to(dtype), m_x.to(dtype)
-        ew, mw = e_w.to(dtype), m_w.to(dtype)
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
@@ -80,21 +83,21 @@ class _DMXLinear(torch.autograd.Function):
         x_rows = xb.reshape(-1, *xb.shape[-2:])
         if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
             x_rows = x_rows[start::stride].contiguous()
-        xq, _ = forward_kernel(x_rows, ex, mx, rule_x)
+        xq, _ = forward_kernel(x_rows, None, None, rule_x, const_x)
         grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
         if stride > 1:
             grad_wq.mul_(stride)
         del xq, x_rows
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
         wq, *sums_w = values_backward_kernel(
-            wb, ew, mw, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+            wb, None, None, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w, const_w)
         del grad_wq
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
             grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
             shape_x = torch.broadcast_shapes(e_x.shape, m_x.shape)
             grad_xb, *sums_x = backward_kernel(
-                xb, ex, mx, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
+                xb, None, None, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x, const_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
             if need_fx:
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
@@ -145,8 +148,8 @@ class DMXQuantLinear(qnn.QuantLinear):
         wq, xq = quants
         xq.last_input_shape = tuple(input.shape)
         wq.last_input_shape = tuple(self.weight.shape)
-        e_w, m_w = wq.widths()
-        e_x, m_x = xq.widths()
+        e_w, m_w = wq.widths_on(input.device)
+        e_x, m_x = xq.widths_on(input.device)
         return _DMXLinear.apply(
             input,
             self.weight,
