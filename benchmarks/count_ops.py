@@ -1,0 +1,115 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Host-side cost of one dMX layer's training step: the aten operations it dispatches, and the
+host time per layer on tensors too small for the element work to count.
+
+On a GPU every aten operation that computes something is a kernel launch (about 8 us of CPU
+each on the H100 of BENCHMARKS 5.4), and on small and mid-sized models the launches, not the
+element work, bound the step. Operations on scalars (the format's parameters and gradients) are
+the ones that do not grow with the model. Both counts are the same on any device, so this
+runs on the CPU:
+
+    python benchmarks/count_ops.py
+"""
+
+import argparse
+import collections
+import time
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Operations that only describe a tensor (no kernel on a GPU).
+_VIEWS = {"view", "detach", "expand", "t", "_unsafe_view", "slice", "unsqueeze", "alias"}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operations dispatched inside the block, and those with scalar results."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+        self.scalar = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in _VIEWS:
+            self.ops[name] += 1
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(first, torch.Tensor) and first.numel() <= 1:
+                self.scalar += 1
+        return out
+
+
+def dmx_model(layers: int, features: int) -> nn.Module:
+    from brevitas.graph.quantize import layerwise_quantize
+
+    from brevitas_dmx.core.linear import DMXQuantLinear
+    from brevitas_dmx.model import dmx_offsets
+    from brevitas_dmx.quant import DMXFloatAct
+    from brevitas_dmx.quant import DMXFloatWeight
+    model = nn.Sequential(*[nn.Linear(features, features, bias=False) for _ in range(layers)])
+    layer_map = {
+        nn.Linear:
+            (
+                DMXQuantLinear,
+                {
+                    "weight_quant": DMXFloatWeight,
+                    "input_quant": DMXFloatAct,
+                    "return_quant_tensor": False
+                })
+    }
+    model = layerwise_quantize(model, layer_map).train()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for offset in dmx_offsets(model):
+        offset.raw_offset.requires_grad_(True)
+    return model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = dmx_model(args.layers, args.features)
+    x = torch.randn(1, args.features, requires_grad=True)
+
+    def step():
+        model(x).sum().backward()
+
+    for _ in range(5):
+        step()
+    with OpCounter() as forward:
+        loss = model(x).sum()
+    with OpCounter() as backward:
+        loss.backward()
+    per_layer = {
+        name: (sum(c.ops.values()) / args.layers, c.scalar / args.layers)
+        for name, c in (("forward", forward), ("backward", backward))
+    }
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    host_us = (time.perf_counter() - start) / args.steps / args.layers * 1e6
+    print(f"{args.layers} DMXQuantLinear layers of {args.features}x{args.features}, 1 token, CPU")
+    print("| per layer and step | forward | backward | total |")
+    print("|---|---|---|---|")
+    print(
+        f"| aten operations (not views) | {per_layer['forward'][0]:.0f} | "
+        f"{per_layer['backward'][0]:.0f} | {sum(v[0] for v in per_layer.values()):.0f} |")
+    print(
+        f"| of which on scalars | {per_layer['forward'][1]:.0f} | {per_layer['backward'][1]:.0f} | "
+        f"{sum(v[1] for v in per_layer.values()):.0f} |")
+    print(f"host time per layer and step: {host_us:.0f} us (mean of {args.steps} steps)")
+    print(
+        "most frequent:",
+        ", ".join(f"{k} {v}" for k, v in (forward.ops + backward.ops).most_common(8)))
+
+
+if __name__ == "__main__":
+    main()
