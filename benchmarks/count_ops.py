@@ -21,11 +21,23 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 # Operations that only describe a tensor (no kernel on a GPU).
-_VIEWS = {"view", "detach", "expand", "t", "_unsafe_view", "slice", "unsqueeze", "alias"}
+_VIEWS = {
+    "view",
+    "detach",
+    "expand",
+    "t",
+    "_unsafe_view",
+    "slice",
+    "select",
+    "unbind",
+    "unsqueeze",
+    "alias"
+}
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the aten operations dispatched inside the block, and those with scalar results."""
+    """Counts the aten operations dispatched inside the block, and those with scalar results
+    (at most two values: the fused layer computes its two quantizers' scalars as pairs)."""
 
     def __init__(self):
         super().__init__()
@@ -38,7 +50,7 @@ class OpCounter(TorchDispatchMode):
         if name not in _VIEWS:
             self.ops[name] += 1
             first = out[0] if isinstance(out, (tuple, list)) and out else out
-            if isinstance(first, torch.Tensor) and first.numel() <= 1:
+            if isinstance(first, torch.Tensor) and first.numel() <= 2:
                 self.scalar += 1
         return out
 

@@ -50,16 +50,33 @@ def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
     return stride, int(torch.randint(stride, ()))
 
 
+def _pairable(e_x, m_x, e_w, m_w) -> bool:
+    """Whether the input's and the weight's formats are scalars, so their arithmetic can run
+    once on 2-vectors."""
+    return e_x.dim() == m_x.dim() == e_w.dim() == m_w.dim() == 0
+
+
+def _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w):
+    """The input's and the weight's format constants. Computed once per step and reused by
+    backward, and for both quantizers at once where they are scalars of one dtype: on a GPU every
+    scalar operation is a kernel launch, and launches, not element work, bound a step. Element-
+    wise, so the values are those of two separate calls."""
+    if x.dtype == weight.dtype and _pairable(e_x, m_x, e_w, m_w):
+        both = format_constants(
+            torch.stack((e_x, e_w)).to(x.dtype), torch.stack((m_x, m_w)).to(x.dtype))
+        return tuple(c[0] for c in both), tuple(c[1] for c in both)
+    return (
+        format_constants(e_x.to(x.dtype), m_x.to(x.dtype)),
+        format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype)))
+
+
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
-        # The format's scalars, computed once per step and reused by backward: on a GPU every
-        # scalar operation is a kernel launch, and launches, not element work, bound a step.
-        const_x = format_constants(e_x.to(x.dtype), m_x.to(x.dtype))
-        const_w = format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype))
+        const_x, const_w = _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w)
         xq, scale_x = forward_kernel(xb, None, None, rule_x, const_x)
         wq, scale_w = forward_kernel(wb, None, None, rule_w, const_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
@@ -99,11 +116,18 @@ class _DMXLinear(torch.autograd.Function):
             grad_xb, *sums_x = backward_kernel(
                 xb, None, None, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x, const_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
+        grad_e_w = grad_m_w = None
+        if need_fx and need_fw and _pairable(e_x, m_x, e_w, m_w) and rule_x == rule_w:
+            # Both quantizers' width gradients in one computation on 2-vectors (same values).
+            stacked = [torch.stack(pair) for pair in zip((e_x, m_x, *sums_x), (e_w, m_w, *sums_w))]
+            grad_e, grad_m = width_grads(*stacked, rule_x, (2,))
+            grad_e_x, grad_e_w = grad_e.unbind()
+            grad_m_x, grad_m_w = grad_m.unbind()
+        else:
             if need_fx:
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
-        grad_e_w = grad_m_w = None
-        if need_fw:
-            grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
+            if need_fw:
+                grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
         grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
         return (
             grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None, None)
