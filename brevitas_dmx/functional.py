@@ -25,7 +25,7 @@ Conventions, chosen so that integer formats match Brevitas's fixed MX quantizers
 
 import math
 import os
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -123,6 +123,31 @@ def _element_step(scaled: Tensor, min_normal: Tensor, step_factor: Tensor):
     return torch.maximum(power, min_normal) * step_factor, subnormal
 
 
+class _FormatTerms(NamedTuple):
+    half_range: Tensor  # 2**(e-1): the exponent bias + 1
+    distance: Tensor  # e - 4: where the E4M3 NaN code and the E5M2 reserved exponent phase in
+    max_exponent: Tensor
+    step_factor: Tensor  # 2**-m
+    nan_code: Tensor
+    power: Tensor  # 2**max_exponent
+    max_normal: Tensor
+
+
+def _format_terms(e: Tensor, m: Tensor) -> _FormatTerms:
+    """The subexpressions that ``format_constants`` and ``_format_partials`` share, each computed
+    once (on a GPU each is a kernel launch) with the same operations as ``mx_max_exponent``,
+    ``mx_max_normal`` and ``mx_exponent_bias``, so the same bits."""
+    half_range = torch.exp2(e - 1)
+    distance = e - 4
+    max_exponent = half_range - torch.clamp(distance, 0, 1)
+    step_factor = torch.exp2(-m)
+    nan_code = torch.clamp(1 - torch.abs(distance), 0, 1)
+    power = torch.exp2(max_exponent)
+    max_normal = (2 - (1 + nan_code) * step_factor) * power
+    return _FormatTerms(
+        half_range, distance, max_exponent, step_factor, nan_code, power, max_normal)
+
+
 def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """What the element kernels need of a (possibly fractional) format: the largest exponent,
     the largest value, the smallest normal value ``2**(1 - bias)`` and ``2**-m``.
@@ -130,15 +155,12 @@ def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tens
     Computed once per call, outside the element-wise kernels: inside a compiled loop they would
     be recomputed (four scalar ``exp2``) for every vector of elements.
     """
-    # The same operations as mx_max_exponent, mx_max_normal and mx_exponent_bias (so the same
-    # bits), with the shared subexpressions computed once: on a GPU each is a kernel launch.
-    half_range = torch.exp2(e - 1)
-    distance = e - 4
-    max_exponent = half_range - torch.clamp(distance, 0, 1)
-    step_factor = torch.exp2(-m)
-    nan_code = torch.clamp(1 - torch.abs(distance), 0, 1)
-    max_normal = (2 - (1 + nan_code) * step_factor) * torch.exp2(max_exponent)
-    return max_exponent, max_normal, torch.exp2(1 - (half_range - 1)), step_factor
+    terms = _format_terms(e, m)
+    return (
+        terms.max_exponent,
+        terms.max_normal,
+        torch.exp2(1 - (terms.half_range - 1)),
+        terms.step_factor)
 
 
 # The element-wise kernels take the format as ``format_constants``; they are what
@@ -289,23 +311,18 @@ def _format_partials(e: Tensor, m: Tensor, scale_rule: str):
     threshold ``1 - bias``, and of ``max_normal``.
     """
     ln2 = math.log(2.0)
-    half_range = torch.exp2(e - 1)  # 2**(e-1): bias + 1
+    t = _format_terms(e, m)
     reserved = ((e >= 4) & (e <= 5)).to(e.dtype)  # d clamp(e - 4, 0, 1) / de
-    d_max_exponent = ln2 * half_range - reserved
-    distance = e - 4
-    nan_code = torch.clamp(1 - torch.abs(distance), 0, 1)
-    d_nan_code = -torch.sign(distance) * (torch.abs(distance) <= 1).to(e.dtype)
-    step_factor = torch.exp2(-m)
-    max_mantissa = 2 - (1 + nan_code) * step_factor
-    power = torch.exp2(half_range - torch.clamp(distance, 0, 1))  # 2**emax
-    max_normal = max_mantissa * power
-    d_max_normal_e = -step_factor * d_nan_code * power + max_normal * ln2 * d_max_exponent
-    d_max_normal_m = (1 + nan_code) * step_factor * ln2 * power
+    d_max_exponent = ln2 * t.half_range - reserved
+    d_nan_code = -torch.sign(t.distance) * (torch.abs(t.distance) <= 1).to(e.dtype)
+    max_normal = t.max_normal
+    d_max_normal_e = -t.step_factor * d_nan_code * t.power + max_normal * ln2 * d_max_exponent
+    d_max_normal_m = (1 + t.nan_code) * t.step_factor * ln2 * t.power
     if scale_rule == "floor":
         d_scale = (-d_max_exponent, torch.zeros_like(m))
     else:  # -log2(max_normal)
         d_scale = (-d_max_normal_e / (max_normal * ln2), -d_max_normal_m / (max_normal * ln2))
-    d_threshold = (-ln2 * half_range, torch.zeros_like(m))
+    d_threshold = (-ln2 * t.half_range, torch.zeros_like(m))
     return max_normal, d_scale, d_threshold, (d_max_normal_e, d_max_normal_m)
 
 
