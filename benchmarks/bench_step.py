@@ -160,12 +160,8 @@ class RSSPeak:
 
 def make_step(model, variant, input_ids, device):
     """A closure running one training step; returns nothing."""
-    from brevitas_dmx.model import dmx_offsets
-    for param in model.parameters():
-        param.requires_grad_(False)
-    offsets = [o.raw_offset for o in dmx_offsets(model)]
-    for p in offsets:
-        p.requires_grad_(True)
+    from brevitas_dmx.model import train_only_offsets
+    offsets = [o.raw_offset for o in train_only_offsets(model)]
     model.train()
     embed = model.get_input_embeddings()
     labels = input_ids.clone()

@@ -56,28 +56,14 @@ class OpCounter(TorchDispatchMode):
 
 
 def dmx_model(layers: int, features: int) -> nn.Module:
-    from brevitas.graph.quantize import layerwise_quantize
+    """``layers`` DMXQuantLinear layers quantized as ``bench_step`` quantizes a model, training
+    only their offsets."""
+    from bench_step import quantize
 
-    from brevitas_dmx.core.linear import DMXQuantLinear
-    from brevitas_dmx.model import dmx_offsets
-    from brevitas_dmx.quant import DMXFloatAct
-    from brevitas_dmx.quant import DMXFloatWeight
+    from brevitas_dmx.model import train_only_offsets
     model = nn.Sequential(*[nn.Linear(features, features, bias=False) for _ in range(layers)])
-    layer_map = {
-        nn.Linear:
-            (
-                DMXQuantLinear,
-                {
-                    "weight_quant": DMXFloatWeight,
-                    "input_quant": DMXFloatAct,
-                    "return_quant_tensor": False
-                })
-    }
-    model = layerwise_quantize(model, layer_map).train()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for offset in dmx_offsets(model):
-        offset.raw_offset.requires_grad_(True)
+    model = quantize(model, "dmx").train()
+    train_only_offsets(model)
     return model
 
 

@@ -57,10 +57,7 @@ def main():
     model = quantize(load_model(args.model, "float32"), "dmx")
     tokenizer = load_tokenizer(args.model)
     ids = tokenizer(load_text(args.text)[:2_000_000], return_tensors="pt").input_ids[0]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for o in dmx.dmx_offsets(model):
-        o.raw_offset.requires_grad_(True)
+    dmx.train_only_offsets(model)
     model.train()
     rows = args.batch * args.seqlen
     tokens = -(-rows // args.stride)

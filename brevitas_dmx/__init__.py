@@ -22,6 +22,7 @@ from brevitas_dmx.model import set_rounding
 from brevitas_dmx.model import set_temperature
 from brevitas_dmx.model import tie_groups
 from brevitas_dmx.model import tie_offsets
+from brevitas_dmx.model import train_only_offsets
 
 _EXPORTS = ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights")
 

@@ -36,6 +36,7 @@ __all__ = [
     "mx_quantizers",
     "tie_offsets",
     "tie_groups",
+    "train_only_offsets",
 ]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
@@ -141,6 +142,16 @@ def dmx_offsets(model: nn.Module) -> List[DMXOffset]:
             seen.add(id(module))
             out.append(module)
     return out
+
+
+def train_only_offsets(model: nn.Module) -> List[DMXOffset]:
+    """Freezes every parameter of ``model`` but the dMX offsets, which train; returns them."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    offsets = dmx_offsets(model)
+    for offset in offsets:
+        offset.raw_offset.requires_grad_(True)
+    return offsets
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:

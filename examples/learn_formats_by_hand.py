@@ -30,11 +30,7 @@ def main(steps: int = 200):
     with torch.no_grad():  # make the second layer's weights heavy-tailed: MXFP4 hurts it more
         model[2].weight.mul_(torch.randn_like(model[2].weight).abs().pow(3))
         teacher[1] = model[2].weight.detach().clone()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    offsets = dmx.dmx_offsets(model)
-    for offset in offsets:
-        offset.raw_offset.requires_grad_(True)
+    offsets = dmx.train_only_offsets(model)  # the weights stay frozen
     optimizer = torch.optim.SGD([o.raw_offset for o in offsets], lr=1.0, momentum=0.9)
     penalty = TargetAwarePenalty(6.0, lam=5.0)
     model.train()

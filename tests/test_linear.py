@@ -26,11 +26,8 @@ def _pair(bias, weight_quant, act_quant, raw):
             return_quant_tensor=False) for cls in (qnn.QuantLinear, DMXQuantLinear))
     fused.load_state_dict(stock.state_dict())
     for layer in (stock, fused):
-        for p in layer.parameters():
-            p.requires_grad_(False)
-        for offset in dmx.dmx_offsets(layer):
+        for offset in dmx.train_only_offsets(layer):
             offset.raw_offset.data.fill_(raw)
-            offset.raw_offset.requires_grad_(True)
         layer.train()
     return stock, fused
 

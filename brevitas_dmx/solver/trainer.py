@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
 from brevitas_dmx.model import dmx_offsets
+from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_END
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_START
@@ -130,15 +131,11 @@ class DMXTrainer(DMXLossMixin, Trainer):
             **kwargs):
         if optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer_name!r}; choose one of {OPTIMIZERS}.")
-        offsets = dmx_offsets(model)
-        if not offsets:
+        if not dmx_offsets(model):
             raise ValueError(
                 "The model has no learnable dMX offsets: quantize its Linear layers with the "
                 "brevitas_dmx quantizers first.")
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for offset in offsets:
-            offset.raw_offset.requires_grad_(True)
+        offsets = train_only_offsets(model)
         self.schedule = TemperatureScheduleCallback(temp_start, temp_end, temp_delay)
         callbacks = [self.schedule, DMXLoggingCallback(self.schedule)] + list(callbacks or [])
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
