@@ -197,8 +197,8 @@ def test_bfloat16_run(tiny_folder, text_file, tmp_path):
 
 def _float_argv(model, data, out, cache):
     flags = "--seqlen 32 --nsamples 8 --dmx --dmx-method float --dmx-eval-windows 6".split()
-    return ["--model", model, "--dataset", data, *flags
-           ] + ["--dmx-float-cache", str(cache), "--dmx-output", str(out)]
+    files = ["--dmx-float-cache", str(cache), "--dmx-output", str(out)]
+    return ["--model", model, "--dataset", data, *flags, *files]
 
 
 def test_float_cache_spares_the_second_float_evaluation(

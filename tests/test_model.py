@@ -37,6 +37,14 @@ def _two_layer_model():
         qnn.QuantLinear(96, 32, bias=False, weight_quant=DMXFloatWeight, input_quant=DMXFloatAct))
 
 
+def test_train_only_offsets_freezes_everything_but_the_offsets():
+    model = _two_layer_model()
+    offsets = bd.train_only_offsets(model)
+    assert offsets == bd.dmx_offsets(model) and offsets
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(o.raw_offset) for o in offsets}
+
+
 def test_format_map_lists_every_layer_at_mxfp4_initially():
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     fmap = bd.format_map(model)
