@@ -24,6 +24,7 @@ dimension 128, untied LM head; vocabulary 128256 x layers / 32).
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -38,10 +39,14 @@ from brevitas_dmx.core.linear import set_weight_grad_tokens
 from brevitas_dmx.profiling import saved_tensor_bytes
 
 # dmx-unfused: the learnable quantizers in a stock qnn.QuantLinear (before the fused step);
-# dmx: DMXQuantLinear, what brevitas_dmx_llm uses; dmx-compiled: the same with torch.compile;
+# dmx: DMXQuantLinear with all formats computed at once per pass (batched_formats), what the
+# trainer of brevitas_dmx_llm runs; dmx-unbatched: DMXQuantLinear, each quantizer computing its
+# own format (before batched_formats); dmx-compiled: dmx with torch.compile;
 # *-sampled: the weight's format gradient estimated from --weight-grad-tokens tokens.
+# dMX steps include the trainer's bit penalty (target-aware, memory average with scales).
 VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
 SAMPLED = ("dmx-sampled", "dmx-compiled-sampled")
+OTHERS = ("dmx-unbatched",)
 
 
 def _sync(device):
@@ -104,8 +109,8 @@ def build_float_model(name, layers, vocab, dtype):
 
 
 def quantize(model, variant):
-    import brevitas.nn as qnn
     from brevitas.graph.quantize import layerwise_quantize
+    import brevitas.nn as qnn
 
     from brevitas_dmx.core.linear import DMXQuantLinear
     from brevitas_dmx.quant import DMXFloatAct
@@ -160,15 +165,22 @@ class RSSPeak:
 
 def make_step(model, variant, input_ids, device):
     """A closure running one training step; returns nothing."""
+    from brevitas_dmx.core.batch import batched_formats
     from brevitas_dmx.model import train_only_offsets
+    from brevitas_dmx.solver.regularizers import TargetAwarePenalty
     offsets = [o.raw_offset for o in train_only_offsets(model)]
     model.train()
     embed = model.get_input_embeddings()
     labels = input_ids.clone()
+    penalty = TargetAwarePenalty(5.0, weighting="memory", include_scale_bits=True)
+    batching = contextlib.ExitStack()  # open as long as the step closure lives
+    if offsets and variant != "dmx-unbatched":
+        batching.enter_context(batched_formats(model))
 
     def forward():
         if offsets:
-            return model(input_ids=input_ids, labels=labels).loss
+            loss = model(input_ids=input_ids, labels=labels).loss
+            return loss + penalty(model)[0]
         embeds = embed(input_ids).detach().requires_grad_(True)
         return model(inputs_embeds=embeds, labels=labels).loss
 
@@ -181,6 +193,7 @@ def make_step(model, variant, input_ids, device):
                 for p in offsets:
                     p.add_(1e-3)
 
+    step.formats_batching = batching  # closing it (or collecting it) removes the hooks
     return step, forward
 
 
@@ -197,7 +210,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"any of {VARIANTS + SAMPLED}")
+        "--variants", default=",".join(VARIANTS), help=f"any of {VARIANTS + SAMPLED + OTHERS}")
     parser.add_argument(
         "--weight-grad-tokens",
         type=int,

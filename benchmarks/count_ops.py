@@ -9,16 +9,20 @@ element work, bound the step. Operations on scalars (the format's parameters and
 the ones that do not grow with the model. Both counts are the same on any device, so this
 runs on the CPU:
 
-    python benchmarks/count_ops.py
+    python benchmarks/count_ops.py [--unbatched]
+    python benchmarks/count_ops.py --model smollm2-135m [--unbatched]
 """
 
 import argparse
 import collections
+import contextlib
 import time
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from brevitas_dmx.core.batch import batched_formats
 
 # Operations that only describe a tensor (no kernel on a GPU).
 _VIEWS = {
@@ -67,15 +71,47 @@ def dmx_model(layers: int, features: int) -> nn.Module:
     return model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=20)
-    parser.add_argument("--features", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    model = dmx_model(args.layers, args.features)
-    x = torch.randn(1, args.features, requires_grad=True)
+def count_whole_step(model_name: str, tokens: int, unbatched: bool) -> None:
+    """Operations of one whole training step of a real model's shapes (random weights; the
+    decoder of ``bench_step.build_float_model``) with the trainer's bit penalty, and of the
+    penalty alone."""
+    from bench_step import build_float_model
+    from bench_step import quantize
+    from brevitas import config
+
+    from brevitas_dmx.model import dmx_offsets
+    from brevitas_dmx.model import train_only_offsets
+    from brevitas_dmx.solver.regularizers import TargetAwarePenalty
+    config.IGNORE_MISSING_KEYS = True
+    model = quantize(build_float_model(model_name, 2, None, torch.float32), "dmx").train()
+    train_only_offsets(model)
+    penalty = TargetAwarePenalty(5.0, weighting="memory", include_scale_bits=True)
+    ids = torch.randint(0, 1000, (1, tokens))
+
+    def counted():
+        for offset in dmx_offsets(model):
+            offset.raw_offset.grad = None
+        with OpCounter() as step:
+            loss = model(input_ids=ids, labels=ids).loss + penalty(model)[0]
+            loss.backward()
+        for offset in dmx_offsets(model):
+            offset.raw_offset.grad = None
+        with OpCounter() as alone:
+            penalty(model)[0].backward()
+        return step, alone
+
+    with contextlib.nullcontext() if unbatched else batched_formats(model):
+        counted()  # warm-up
+        step, alone = counted()
+    print(
+        f"{model_name}, 1x{tokens} tokens, formats "
+        f"{'per quantizer' if unbatched else 'batched'}: {sum(step.ops.values())} operations "
+        f"per step ({step.scalar} on scalars); the penalty alone, forward + backward: "
+        f"{sum(alone.ops.values())}")
+
+
+def measure(model, x, steps: int, layers: int):
+    """(host time per layer and step in us, forward OpCounter, backward OpCounter)."""
 
     def step():
         model(x).sum().backward()
@@ -86,15 +122,43 @@ def main():
         loss = model(x).sum()
     with OpCounter() as backward:
         loss.backward()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps / layers * 1e6, forward, backward
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument(
+        "--unbatched",
+        action="store_true",
+        help="every quantizer computes its own format (without brevitas_dmx.batched_formats)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="count one whole step of this bench_step model (e.g. smollm2-135m) instead")
+    parser.add_argument("--tokens", type=int, default=16, help="sequence length with --model")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.model:
+        count_whole_step(args.model, args.tokens, args.unbatched)
+        return
+    model = dmx_model(args.layers, args.features)
+    x = torch.randn(1, args.features, requires_grad=True)
+    context = contextlib.nullcontext() if args.unbatched else batched_formats(model)
+    with context:
+        host_us, forward, backward = measure(model, x, args.steps, args.layers)
     per_layer = {
         name: (sum(c.ops.values()) / args.layers, c.scalar / args.layers)
         for name, c in (("forward", forward), ("backward", backward))
     }
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    host_us = (time.perf_counter() - start) / args.steps / args.layers * 1e6
-    print(f"{args.layers} DMXQuantLinear layers of {args.features}x{args.features}, 1 token, CPU")
+    print(
+        f"{args.layers} DMXQuantLinear layers of {args.features}x{args.features}, 1 token, CPU, "
+        f"formats {'per quantizer' if args.unbatched else 'batched (batched_formats)'}")
     print("| per layer and step | forward | backward | total |")
     print("|---|---|---|---|")
     print(

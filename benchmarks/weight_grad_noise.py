@@ -50,9 +50,9 @@ def main():
     from brevitas import config
     config.IGNORE_MISSING_KEYS = True
     from brevitas_dmx.data import load_text
+    import brevitas_dmx.functional as functional
     from brevitas_dmx.models import load_model
     from brevitas_dmx.models import load_tokenizer
-    import brevitas_dmx.functional as functional
     functional.enable_compile(args.compile)
     model = quantize(load_model(args.model, "float32"), "dmx")
     tokenizer = load_tokenizer(args.model)

@@ -4,6 +4,7 @@
 
 __version__ = "0.1.0"
 
+from brevitas_dmx.core.batch import batched_formats
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import FORMATS
 from brevitas_dmx.formats import LADDERS

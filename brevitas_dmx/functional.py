@@ -326,26 +326,40 @@ def _format_partials(e: Tensor, m: Tensor, scale_rule: str):
     return max_normal, d_scale, d_threshold, (d_max_normal_e, d_max_normal_m)
 
 
+def width_jacobian(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
+    """What each of the backward kernels' three sums is worth to the widths' gradients.
+
+    Returns ``J`` of shape ``broadcast(e, m).shape + (2, 3)``: row 0 gives d loss / d e and row 1
+    d loss / d m as ``J @ (sum_error, sum_error_subnormal, sum_saturated)``, from the format terms'
+    closed-form partials (``_format_partials``). ``J`` depends on the format only, so a whole
+    model's can be computed at once (``FormatBatch``) and a layer's backward is then one product.
+    """
+    ln2 = math.log(2.0)
+    max_normal, d_scale, d_threshold, d_max_normal = _format_partials(e, m, scale_rule)
+    # The adjoint of each term, per unit of the sums:
+    #   the shared scale 2**k: d out / d k = ln2 * out -> ln2 * (sum_error + max_normal * sum_sat)
+    #   the subnormal threshold 1 - bias sets the step of subnormal elements -> ln2 * sum_sub
+    #   the step 2**(binade - m) (the term -m) -> ln2 * sum_error
+    #   the saturation bound max_normal -> sum_saturated
+    row_e = (
+        ln2 * d_scale[0], ln2 * d_threshold[0], ln2 * d_scale[0] * max_normal + d_max_normal[0])
+    row_m = (
+        ln2 * d_scale[1] - ln2,
+        torch.zeros_like(max_normal),
+        ln2 * d_scale[1] * max_normal + d_max_normal[1])
+    rows = [torch.stack(torch.broadcast_tensors(*row), -1) for row in (row_e, row_m)]
+    return torch.stack(torch.broadcast_tensors(*rows), -2)
+
+
 def width_grads(
         exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated, scale_rule,
         shape):
     """Gradients of the loss to the widths, from the three per-block sums of the backward
-    kernels, through the format terms' closed-form partials (``_format_partials``)."""
-    ln2 = math.log(2.0)
+    kernels (``width_jacobian``)."""
     e, m = exponent_bits.detach().float(), mantissa_bits.detach().float()
-    max_normal, d_scale, d_threshold, d_max_normal = _format_partials(e, m, scale_rule)
-    # The adjoint of each term: what the loss gains per unit of that term, summed over blocks.
-    #   the shared scale 2**k: d out / d k = ln2 * out
-    #   the subnormal threshold 1 - bias sets the step of subnormal elements
-    #   the step 2**(binade - m) (the term -m)
-    #   the saturation bound max_normal
-    adjoint_scale = ln2 * (sum_error + max_normal * sum_saturated)
-    adjoint_threshold = ln2 * sum_error_subnormal
-    adjoint_step = ln2 * sum_error
-    grad_e = (
-        d_scale[0] * adjoint_scale + d_threshold[0] * adjoint_threshold
-        + d_max_normal[0] * sum_saturated)
-    grad_m = d_scale[1] * adjoint_scale - adjoint_step + d_max_normal[1] * sum_saturated
+    jacobian = width_jacobian(e, m, scale_rule)
+    sums = torch.stack(torch.broadcast_tensors(sum_error, sum_error_subnormal, sum_saturated), -1)
+    grad_e, grad_m = (jacobian * sums.unsqueeze(-2)).sum(-1).unbind(-1)
     return (
         grad_e.expand(shape).sum_to_size(exponent_bits.shape),
         grad_m.expand(shape).sum_to_size(mantissa_bits.shape))

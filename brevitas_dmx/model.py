@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.core.batch import quantizer_widths
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
 from brevitas_dmx.formats import E8M0_SCALE_BITS
@@ -200,28 +201,43 @@ def average_bits(
         quants = [q for q in quants if q.is_weight]
     if not quants:
         raise ValueError("The model has no MX quantizers to average (quantize it first).")
-
-    def bits(q):
-        b = q.bits(discrete)
-        return b + q.scale_bits() if include_scale_bits else b
-
-    def mean(qs, weighted):
-        sizes = [float(q.size()) if weighted else 1.0 for q in qs]
-        if sum(sizes) == 0:
-            raise ValueError("Activation sizes are unknown: run a forward pass first.")
-        return sum(bits(q) * s for q, s in zip(qs, sizes)) / sum(sizes)
-
     if weighting == "simple":
         groups = [
             g for g in ([q for q in quants if q.is_weight], [q for q in quants if not q.is_weight])
             if g
         ]
-        result = sum(mean(g, weighted=False) for g in groups) / len(groups)
+        result = sum(
+            _mean_bits(g, False, include_scale_bits, discrete) for g in groups) / len(groups)
     else:
-        result = mean(quants, weighted=True)
+        result = _mean_bits(quants, True, include_scale_bits, discrete)
     if torch.is_tensor(result):
         return result
     return torch.tensor(result, dtype=torch.float64)  # discrete: keep the exact value
+
+
+def _mean_bits(quants: List[_Quantizer], weighted: bool, include_scale_bits: bool,
+               discrete: bool) -> Union[Tensor, float]:
+    """The (size-weighted) mean bits of ``quants``. Fixed formats (fixed quantizers, pinned
+    ones, everything when ``discrete``) are summed as exact floats; the learnable widths are one
+    vectorized computation (``quantizer_widths``): with a few hundred quantizers, a few scalar
+    operations each per training step would be thousands of kernel launches."""
+    sizes = [float(q.size()) if weighted else 1.0 for q in quants]
+    if sum(sizes) == 0:
+        raise ValueError("Activation sizes are unknown: run a forward pass first.")
+    numerator, learned, learned_sizes = 0.0, [], []
+    for q, size in zip(quants, sizes):
+        scale_bits = q.scale_bits() if include_scale_bits else 0.0
+        if q.dmx is not None and not discrete and not q.dmx.is_pinned:
+            learned.append(q.dmx)
+            learned_sizes.append(size)
+            numerator += scale_bits * size
+        else:
+            numerator += (float(q.discrete_format().bits) + scale_bits) * size
+    if not learned:
+        return numerator / sum(sizes)
+    e, m = quantizer_widths(learned)
+    weights = torch.tensor(learned_sizes, dtype=e.dtype, device=e.device)
+    return (torch.dot(1 + e + m, weights) + numerator) / sum(sizes)
 
 
 def bits_report(model: nn.Module) -> Dict[str, float]:

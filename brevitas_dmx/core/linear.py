@@ -73,21 +73,29 @@ def _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w):
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens):
+    def forward(
+            ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens, batched):
+        # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
+        # None to compute them here
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
-        const_x, const_w = _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w)
+        if batched is None:
+            const_x, const_w = _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w)
+            jacobian = ()
+        else:
+            const_x, const_w, jacobian = batched[0], batched[1], (batched[2],)
         xq, scale_x = forward_kernel(xb, None, None, rule_x, const_x)
         wq, scale_w = forward_kernel(wb, None, None, rule_w, const_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
-        ctx.save_for_backward(x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w)
+        ctx.save_for_backward(
+            x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
         ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
-        const_x, const_w = tuple(constants[:4]), tuple(constants[4:])
+        const_x, const_w, jacobian = tuple(constants[:4]), tuple(constants[4:8]), constants[8:]
         group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
@@ -117,7 +125,11 @@ class _DMXLinear(torch.autograd.Function):
                 xb, None, None, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x, const_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
         grad_e_w = grad_m_w = None
-        if need_fx and need_fw and _pairable(e_x, m_x, e_w, m_w) and rule_x == rule_w:
+        if jacobian and need_fx and need_fw:
+            # One product for both quantizers: (2, 2, 3) Jacobians times their (2, 1, 3) sums.
+            sums = torch.stack((*sums_x, *sums_w)).view(2, 1, 3)
+            (grad_e_x, grad_m_x), (grad_e_w, grad_m_w) = (jacobian[0] * sums).sum(-1)
+        elif need_fx and need_fw and _pairable(e_x, m_x, e_w, m_w) and rule_x == rule_w:
             # Both quantizers' width gradients in one computation on 2-vectors (same values).
             stacked = [torch.stack(pair) for pair in zip((e_x, m_x, *sums_x), (e_w, m_w, *sums_w))]
             grad_e, grad_m = width_grads(*stacked, rule_x, (2,))
@@ -130,7 +142,18 @@ class _DMXLinear(torch.autograd.Function):
                 grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
         grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
         return (
-            grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None, None)
+            grad_x,
+            None,
+            grad_bias,
+            grad_e_w,
+            grad_m_w,
+            grad_e_x,
+            grad_m_x,
+            None,
+            None,
+            None,
+            None,
+            None)
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -154,6 +177,18 @@ def fused_quantizers(layer: qnn.QuantLinear):
     if wq.group_dim not in (1, -1) or xq.group_dim != -1:
         return None
     return wq, xq
+
+
+def _batched_layer_formats(wq, xq, x: Tensor, weight: Tensor):
+    """The layer's constants and Jacobians from the FormatBatch that computed both its
+    quantizers' formats for this pass (``brevitas_dmx.core.batch``), or None."""
+    if wq._batched is None or xq._batched is None:
+        return None
+    batch, k_w = wq._batched
+    other, k_x = xq._batched
+    if other is not batch or batch.e[k_w].device != x.device:
+        return None
+    return batch.layer_formats(k_x, k_w, x.dtype, weight.dtype)
 
 
 class DMXQuantLinear(qnn.QuantLinear):
@@ -185,7 +220,8 @@ class DMXQuantLinear(qnn.QuantLinear):
             wq.group_size,
             wq.scale_rule,
             xq.scale_rule,
-            self.weight_grad_tokens)
+            self.weight_grad_tokens,
+            _batched_layer_formats(wq, xq, input, self.weight))
 
 
 def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> None:

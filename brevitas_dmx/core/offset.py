@@ -18,11 +18,14 @@ DEFAULT_TEMPERATURE = 0.4
 
 
 def tempered_offset(raw: Tensor, temperature: Tensor, span: int, kind: str, sharpness: float):
-    """beta = F(raw, T): the tempered sigmoid or the staircase of the method (section 3)."""
+    """beta = F(raw, T): the tempered sigmoid or the staircase of the method (section 3).
+    Elementwise: ``raw`` and ``temperature`` may be vectors of many offsets."""
     if kind == "sigmoid":
         return span * torch.sigmoid(sharpness * temperature * (raw / span - 0.5))
     steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
-    return torch.sigmoid(sharpness * temperature * (raw - steps)).sum()
+    return torch.sigmoid(
+        sharpness * torch.as_tensor(temperature).unsqueeze(-1) *
+        (raw.unsqueeze(-1) - steps)).sum(-1)
 
 
 def straight_through_offset(raw: Tensor, span: int, kind: str) -> Tensor:
@@ -37,7 +40,7 @@ def discrete_offset(raw: Tensor, span: int, kind: str) -> Tensor:
     if kind == "sigmoid":
         return (raw > span / 2).to(raw.dtype) * span
     steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
-    return (raw > steps).to(raw.dtype).sum()
+    return (raw.unsqueeze(-1) > steps).to(raw.dtype).sum(-1)
 
 
 class DMXOffset(nn.Module):

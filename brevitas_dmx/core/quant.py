@@ -61,6 +61,9 @@ class DMXFloatQuant(nn.Module):
         # the weight nor the format changes: evaluation then costs what a float model costs.
         self.caches_eval_output = False
         self._eval_cache = None
+        # (FormatBatch, index) while a batch computed this quantizer's format for the current
+        # forward pass (``brevitas_dmx.core.batch``), else None.
+        self._batched = None
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, group_dim={self.group_dim}, scale_rule={self.scale_rule}"
@@ -82,6 +85,9 @@ class DMXFloatQuant(nn.Module):
         """(exponent_bits, mantissa_bits): continuous in training, discrete in eval or pinned."""
         if self.is_pinned:
             return self.pinned_widths[0], self.pinned_widths[1]
+        if self._batched is not None:
+            batch, k = self._batched
+            return batch.e[k], batch.m[k]
         return self.offset.ladder.widths(self.offset())
 
     def widths_on(self, device: torch.device) -> Tuple[Tensor, Tensor]:

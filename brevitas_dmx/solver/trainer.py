@@ -17,6 +17,7 @@ from transformers import Trainer
 from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
+from brevitas_dmx.core.batch import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
@@ -169,10 +170,12 @@ class DMXTrainer(DMXLossMixin, Trainer):
         return self.optimizer
 
     def train(self, *args, **kwargs):
-        """``Trainer.train``, then the offsets checked identical on every rank and made so
+        """``Trainer.train`` with every learnable format computed at once per forward pass
+        (``batched_formats``), then the offsets checked identical on every rank and made so
         (``brevitas_dmx.distributed.sync_offsets``); the spread is kept in
         ``self.offsets_rank_spread`` (0.0 in a single process)."""
-        result = super().train(*args, **kwargs)
+        with batched_formats(self.model):
+            result = super().train(*args, **kwargs)
         self.offsets_rank_spread = distributed.sync_offsets(self.model)
         if self.offsets_rank_spread > 0:
             print(
