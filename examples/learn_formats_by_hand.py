@@ -34,17 +34,19 @@ def main(steps: int = 200):
     optimizer = torch.optim.SGD([o.raw_offset for o in offsets], lr=1.0, momentum=0.9)
     penalty = TargetAwarePenalty(6.0, lam=5.0)
     model.train()
-    for step in range(steps):
-        dmx.set_temperature(model, temperature_at(step, steps))
-        x = torch.randn(128, 64)
-        target = torch.tanh(x @ teacher[0].t()) @ teacher[1].t()
-        loss = nn.functional.mse_loss(model(x), target) * 100
-        reg, bits = penalty(model)
-        optimizer.zero_grad()
-        (loss + reg).backward()
-        optimizer.step()
-        if step % 50 == 0 or step == steps - 1:
-            print(f"step {step:3d}  task loss {loss.item():.4f}  average bits {bits.item():.2f}")
+    # every forward pass computes all learnable formats at once (what DMXTrainer does)
+    with dmx.batched_formats(model):
+        for step in range(steps):
+            dmx.set_temperature(model, temperature_at(step, steps))
+            x = torch.randn(128, 64)
+            target = torch.tanh(x @ teacher[0].t()) @ teacher[1].t()
+            loss = nn.functional.mse_loss(model(x), target) * 100
+            reg, bits = penalty(model)
+            optimizer.zero_grad()
+            (loss + reg).backward()
+            optimizer.step()
+            if step % 50 == 0 or step == steps - 1:
+                print(f"step {step:3d}  task loss {loss.item():.4f}  average bits {bits.item():.2f}")
     project_model(model, 6.0)
     dmx.finalize(model)
     print(dmx.format_map(model))

@@ -194,3 +194,15 @@ def test_the_trainer_computes_the_formats_in_one_batch(monkeypatch, tmp_path):
     trainer.train()
     assert len(computed) == 2  # one batch per forward pass
     assert all(q._batched is None for q in model_quantizers(model))
+
+
+def test_fused_layers_of_a_batch_take_their_width_gradients_from_its_jacobians(monkeypatch):
+    from brevitas_dmx.core import linear
+    calls = []
+    per_layer = linear.width_grads
+    monkeypatch.setattr(linear, "width_grads", lambda *args: calls.append(1) or per_layer(*args))
+    model = _mixed_model()
+    _step(model, batched=True)
+    assert calls == []
+    _step(model, batched=False)
+    assert calls
