@@ -43,15 +43,17 @@ def main():
     weight = torch.randn(args.out_features, args.in_features).unflatten(-1, (-1, 32))
     x = torch.randn(args.tokens, args.in_features).unflatten(-1, (-1, 32))
     e, m = torch.tensor(3.3), torch.tensor(2.2)  # a fractional format, as in training
+    constants = functional.format_constants(e, m)
     n = weight.numel()
 
     def kernels(t):
         grad = torch.randn_like(t)
-        scale = functional.forward_kernel(t, e, m, "floor")[1]
+        scale = functional.forward_kernel(t, constants, "floor")[1]
         return {
-            "forward": lambda: functional.forward_kernel(t, e, m, "floor"),
-            "values_backward": lambda: functional.values_backward_kernel(t, e, m, scale, grad, ()),
-            "backward": lambda: functional.backward_kernel(t, e, m, scale, grad, ()),
+            "forward": lambda: functional.forward_kernel(t, constants, "floor"),
+            "values_backward":
+                lambda: functional.values_backward_kernel(t, constants, scale, grad, ()),
+            "backward": lambda: functional.backward_kernel(t, constants, scale, grad, ()),
         }
 
     flat_x, flat_w = x.flatten(-2), weight.flatten(-2)

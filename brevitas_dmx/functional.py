@@ -221,23 +221,23 @@ _EAGER = {
 _KERNELS = dict(_EAGER)
 
 
-def forward_kernel(blocks: Tensor, e: Tensor, m: Tensor, scale_rule: str, constants=None):
-    """Fake-quantized blocks and block scales (widths in ``blocks``' dtype); no autograd.
-    ``constants``: ``format_constants(e, m)`` when the caller already has them."""
-    max_exponent, max_normal, min_normal, step_factor = constants or format_constants(e, m)
+def forward_kernel(blocks: Tensor, constants, scale_rule: str):
+    """Fake-quantized blocks and block scales; no autograd. ``constants``: the format's
+    ``format_constants`` in ``blocks``' dtype."""
+    max_exponent, max_normal, min_normal, step_factor = constants
     return _KERNELS["forward"](
         blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule)
 
 
-def backward_kernel(blocks, e, m, scale, grad_out, shape, constants=None):
+def backward_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
     """Input gradient and the three per-block sums of the format gradient; no autograd."""
-    _, max_normal, min_normal, step_factor = constants or format_constants(e, m)
+    _, max_normal, min_normal, step_factor = constants
     return _KERNELS["backward"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
 
 
-def values_backward_kernel(blocks, e, m, scale, grad_out, shape, constants=None):
+def values_backward_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
     """A frozen tensor's fake-quantized value and the three sums, in one pass; no autograd."""
-    _, max_normal, min_normal, step_factor = constants or format_constants(e, m)
+    _, max_normal, min_normal, step_factor = constants
     return _KERNELS["values_backward"](
         blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
 
@@ -276,7 +276,7 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
         e = exponent_bits.to(blocks.dtype)
         m = mantissa_bits.to(blocks.dtype)
-        out, scale = forward_kernel(blocks, e, m, scale_rule)
+        out, scale = forward_kernel(blocks, format_constants(e, m), scale_rule)
         ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
         ctx.mark_non_differentiable(scale)
@@ -287,8 +287,9 @@ class _MXQuantizeBlocks(torch.autograd.Function):
         blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
         dtype = blocks.dtype
         shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
+        constants = format_constants(exponent_bits.to(dtype), mantissa_bits.to(dtype))
         grad_blocks, sum_error, sum_error_subnormal, sum_saturated = backward_kernel(
-            blocks, exponent_bits.to(dtype), mantissa_bits.to(dtype), scale, grad_out, shape)
+            blocks, constants, scale, grad_out, shape)
         if not ctx.needs_input_grad[0]:
             grad_blocks = None
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):

@@ -366,8 +366,9 @@ def test_compiled_kernels_match_eager():
         results = []
         for e, m, _ in cases:
             e, m = torch.tensor(e), torch.tensor(m)
-            out, scale = functional.forward_kernel(blocks, e, m, "floor")
-            sums = functional.values_backward_kernel(blocks, e, m, scale, grad, ())
+            out, scale = functional.forward_kernel(blocks, functional.format_constants(e, m), "floor")
+            sums = functional.values_backward_kernel(
+                blocks, functional.format_constants(e, m), scale, grad, ())
             results.append((out, scale, sums))
         return results
 

@@ -84,8 +84,8 @@ class _DMXLinear(torch.autograd.Function):
             jacobian = ()
         else:
             const_x, const_w, jacobian = batched[0], batched[1], (batched[2],)
-        xq, scale_x = forward_kernel(xb, None, None, rule_x, const_x)
-        wq, scale_w = forward_kernel(wb, None, None, rule_w, const_w)
+        xq, scale_x = forward_kernel(xb, const_x, rule_x)
+        wq, scale_w = forward_kernel(wb, const_w, rule_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
@@ -108,21 +108,21 @@ class _DMXLinear(torch.autograd.Function):
         x_rows = xb.reshape(-1, *xb.shape[-2:])
         if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
             x_rows = x_rows[start::stride].contiguous()
-        xq, _ = forward_kernel(x_rows, None, None, rule_x, const_x)
+        xq, _ = forward_kernel(x_rows, const_x, rule_x)
         grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
         if stride > 1:
             grad_wq.mul_(stride)
         del xq, x_rows
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
         wq, *sums_w = values_backward_kernel(
-            wb, None, None, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w, const_w)
+            wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
         del grad_wq
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
             grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
             shape_x = torch.broadcast_shapes(e_x.shape, m_x.shape)
             grad_xb, *sums_x = backward_kernel(
-                xb, None, None, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x, const_x)
+                xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
         grad_e_w = grad_m_w = None
         if jacobian and need_fx and need_fw:
