@@ -197,6 +197,26 @@ def make_step(model, variant, input_ids, device):
     return step, forward
 
 
+def profile_step(step, variant: str, device) -> None:
+    """Prints where the host and device time of one step go, and the kernel launches."""
+    from torch.profiler import profile
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel"))
+    aten = sum(e.count for e in events if e.key.startswith("aten::"))
+    print(f"\nprofile of one {variant} step: {aten} aten calls, {launches} kernel launches")
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    if device.type == "cuda":
+        print(events.table(sort_by=sort, row_limit=8))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -218,6 +238,11 @@ def main():
         help="tokens per step that estimate the weight format gradient (*-sampled variants)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timings, torch.profiler over one step of each dMX variant: the top "
+        "operations by host time and the number of kernel launches")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -320,6 +345,12 @@ def main():
     print(
         "all step times (s): "
         + ", ".join(f"{v}: {[round(x, 3) for x in times[v]]}" for v in variants))
+    if args.profile:
+        for variant in variants:
+            if variant.startswith("dmx"):
+                functional.enable_compile(variant.startswith("dmx-compiled"))
+                profile_step(steps[variant], variant, device)
+        functional.enable_compile(False)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "args": vars(args), "rows": rows}, f, indent=1)
