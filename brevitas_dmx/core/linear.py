@@ -22,6 +22,11 @@ input's format gradient stay exact. Measured (BENCHMARKS.md section 5.3): at s =
 ~20 % faster at 2048 tokens, but the offsets' gradient spread doubles, which costs more than
 training on a smaller batch would; hence it is not a command-line option.
 
+Inside ``batched_formats`` (``brevitas_dmx.core.batch``; the trainer's default) the layer takes its
+two quantizers' format constants and width Jacobians from the model-wide batch, and its backward
+turns the six element sums into the four width gradients with one product; otherwise it computes
+them itself, for both quantizers together where their widths are scalars.
+
 Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
 output quantizer, a feature count that is not a multiple of the block) takes
 ``qnn.QuantLinear``'s own path.
