@@ -165,7 +165,7 @@ class RSSPeak:
 
 def make_step(model, variant, input_ids, device):
     """A closure running one training step; returns nothing."""
-    from brevitas_dmx.core.batch import batched_formats
+    from brevitas_dmx.model import batched_formats
     from brevitas_dmx.model import train_only_offsets
     from brevitas_dmx.solver.regularizers import TargetAwarePenalty
     offsets = [o.raw_offset for o in train_only_offsets(model)]

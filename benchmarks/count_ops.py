@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from brevitas_dmx.core.batch import batched_formats
+from brevitas_dmx.model import batched_formats
 
 # Operations that only describe a tensor (no kernel on a GPU).
 _VIEWS = {

@@ -4,13 +4,13 @@
 
 __version__ = "0.1.0"
 
-from brevitas_dmx.core.batch import batched_formats
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import FORMATS
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.functional import mx_fake_quantize
 from brevitas_dmx.model import apply_format_map
 from brevitas_dmx.model import average_bits
+from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import bits_report
 from brevitas_dmx.model import clear_format_pins
 from brevitas_dmx.model import dmx_layers

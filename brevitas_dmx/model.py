@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Model-level helpers: find the learnable formats, read and pin them, average bits, finalize."""
 
+import contextlib
 from dataclasses import dataclass
 import math
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import quantizer_widths
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
@@ -38,6 +40,8 @@ __all__ = [
     "tie_offsets",
     "tie_groups",
     "train_only_offsets",
+    "batched_formats",
+    "dmx_quantizers",
 ]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
@@ -145,6 +149,45 @@ def dmx_offsets(model: nn.Module) -> List[DMXOffset]:
     return out
 
 
+def dmx_quantizers(model: nn.Module) -> List[DMXFloatQuant]:
+    """The learnable quantizers of ``model`` (each once), a layer's input quantizer just before
+    its weight quantizer (so a fused layer's Jacobians in a ``FormatBatch`` are one slice)."""
+    out, seen = [], set()
+    for _, quants in _mx_layers(model, include_fixed=False):
+        for q in sorted(quants, key=lambda q: q.role != "input"):
+            if id(q.dmx) not in seen:
+                seen.add(id(q.dmx))
+                out.append(q.dmx)
+    return out
+
+
+@contextlib.contextmanager
+def batched_formats(model: nn.Module):
+    """Within the block, every training forward pass of ``model`` (train mode, gradients on)
+    first computes all its learnable formats at once (``FormatBatch``); after the pass, and
+    outside training, every quantizer computes its own. Yields the batch."""
+    batch = FormatBatch(dmx_quantizers(model))
+
+    def before(module, args):
+        if module.training and torch.is_grad_enabled():
+            batch.compute()
+        else:
+            batch.clear()
+
+    def after(module, args, output):
+        batch.clear()
+
+    handles = (
+        model.register_forward_pre_hook(before),
+        model.register_forward_hook(after, always_call=True))
+    try:
+        yield batch
+    finally:
+        for handle in handles:
+            handle.remove()
+        batch.clear()
+
+
 def train_only_offsets(model: nn.Module) -> List[DMXOffset]:
     """Freezes every parameter of ``model`` but the dMX offsets, which train; returns them."""
     for param in model.parameters():
@@ -232,7 +275,7 @@ def _mean_bits(quants: List[_Quantizer], weighted: bool, include_scale_bits: boo
             learned_sizes.append(size)
             numerator += scale_bits * size
         else:
-            numerator += (float(q.discrete_format().bits) + scale_bits) * size
+            numerator += (q.bits(True) + scale_bits) * size
     if not learned:
         return numerator / sum(sizes)
     e, m = quantizer_widths(learned)

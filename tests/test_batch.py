@@ -9,13 +9,13 @@ import torch
 
 import brevitas_dmx as dmx
 from brevitas_dmx.core.batch import FormatBatch
-from brevitas_dmx.core.batch import model_quantizers
 from brevitas_dmx.core.batch import offset_widths
 from brevitas_dmx.core.linear import dmx_linear_map
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import width_jacobian
+from brevitas_dmx.model import dmx_quantizers
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
@@ -30,7 +30,7 @@ def _mixed_model(seed: int = 0):
         tiny_llama(seed), dmx_linear_map(DMXFloatWeight, DMXFloatAct), name_blacklist=["lm_head"])
     dmx.tie_offsets(model, dmx.tie_groups(model, "qkv"))
     layers = dict(dmx.dmx_layers(model))
-    quants = model_quantizers(model)
+    quants = dmx_quantizers(model)
 
     def quant(layer, attr):
         return dmx_quant_of(getattr(layers[f"model.layers.{layer}"], attr))
@@ -68,7 +68,7 @@ def test_batched_step_gives_the_per_quantizer_loss_and_offset_gradients():
 
 def test_batched_widths_and_constants_equal_each_quantizers_own():
     model = _mixed_model()
-    batch = FormatBatch(model_quantizers(model))
+    batch = FormatBatch(dmx_quantizers(model))
     batch.compute()
     pinned = [q for q in batch.quantizers if q.is_pinned]
     assert pinned and all(q._batched is None for q in pinned)
@@ -87,7 +87,7 @@ def test_batched_formats_are_exact_at_hardware_formats():
     for offset in dmx.dmx_offsets(model):  # far from the middle: the sigmoid is exactly 0 or 1
         offset.raw_offset.data.fill_(
             -40.0 if offset.ladder.span * 0.5 > offset.raw_offset else 40.0)
-    batch = FormatBatch(model_quantizers(model))
+    batch = FormatBatch(dmx_quantizers(model))
     batch.compute()
     for k, quant in enumerate(batch.live):
         e, m = quant.offset.ladder.widths(quant.offset())
@@ -137,7 +137,7 @@ def test_the_batch_is_dropped_when_the_forward_pass_fails():
     with dmx.batched_formats(model):
         with pytest.raises(Exception):
             model(input_ids=torch.full((1, 4), 10**6))  # out of the vocabulary
-        assert all(q._batched is None for q in model_quantizers(model))
+        assert all(q._batched is None for q in dmx_quantizers(model))
 
 
 def test_offset_widths_of_mixed_offsets_equal_their_own():
@@ -193,7 +193,7 @@ def test_the_trainer_computes_the_formats_in_one_batch(monkeypatch, tmp_path):
         train_dataset=data)
     trainer.train()
     assert len(computed) == 2  # one batch per forward pass
-    assert all(q._batched is None for q in model_quantizers(model))
+    assert all(q._batched is None for q in dmx_quantizers(model))
 
 
 def test_fused_layers_of_a_batch_take_their_width_gradients_from_its_jacobians(monkeypatch):

@@ -14,15 +14,14 @@ small product in backward.
 The values are those of the quantizers' own computation, elementwise; vectorized ``exp2`` and
 ``sigmoid`` may differ from their scalar evaluation in the last bit at fractional formats, and
 at hardware formats everything is exact. A batch is valid only inside the forward pass it was
-computed for (``batched_formats`` computes it before the model's forward and drops it after);
+computed for (``brevitas_dmx.batched_formats`` computes it before the model's forward and drops
+it after);
 outside one, every quantizer computes its own format as before.
 """
 
-import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 from torch import Tensor
 
 from brevitas_dmx.core.offset import DMXOffset
@@ -146,44 +145,3 @@ class FormatBatch:
         else:
             jacobian = self._jacobian[[k_x, k_w]]
         return self.constants(k_x, dtype_x), self.constants(k_w, dtype_w), jacobian
-
-
-def model_quantizers(model: nn.Module) -> List[DMXFloatQuant]:
-    """The learnable quantizers of ``model``, a layer's input quantizer just before its weight
-    quantizer (so a fused layer's Jacobians are one slice)."""
-    from brevitas_dmx.proxy import dmx_quant_of
-    out, seen = [], set()
-    for module in model.modules():
-        for attr in ("input_quant", "act_quant", "weight_quant", "output_quant"):
-            proxy = module._modules.get(attr)
-            quant = dmx_quant_of(proxy) if proxy is not None else None
-            if quant is not None and id(quant) not in seen:
-                seen.add(id(quant))
-                out.append(quant)
-    return out
-
-
-@contextlib.contextmanager
-def batched_formats(model: nn.Module):
-    """Within the block, every training forward pass of ``model`` (train mode, gradients on)
-    computes all its learnable formats at once first (``FormatBatch``). Yields the batch."""
-    batch = FormatBatch(model_quantizers(model))
-
-    def before(module, args):
-        if module.training and torch.is_grad_enabled():
-            batch.compute()
-        else:
-            batch.clear()
-
-    def after(module, args, output):
-        batch.clear()
-
-    handles = (
-        model.register_forward_pre_hook(before),
-        model.register_forward_hook(after, always_call=True))
-    try:
-        yield batch
-    finally:
-        for handle in handles:
-            handle.remove()
-        batch.clear()

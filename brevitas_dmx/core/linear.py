@@ -22,10 +22,10 @@ input's format gradient stay exact. Measured (BENCHMARKS.md section 5.3): at s =
 ~20 % faster at 2048 tokens, but the offsets' gradient spread doubles, which costs more than
 training on a smaller batch would; hence it is not a command-line option.
 
-Inside ``batched_formats`` (``brevitas_dmx.core.batch``; the trainer's default) the layer takes its
-two quantizers' format constants and width Jacobians from the model-wide batch, and its backward
-turns the six element sums into the four width gradients with one product; otherwise it computes
-them itself, for both quantizers together where their widths are scalars.
+Inside ``brevitas_dmx.batched_formats`` (the trainer's default) the layer takes its two
+quantizers' format constants and width Jacobians from the model-wide ``FormatBatch``; otherwise it
+computes them itself, for both quantizers together where their widths are scalars. Either way its
+backward turns the six element sums into the four width gradients with one product.
 
 Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
 output quantizer, a feature count that is not a multiple of the block) takes
@@ -44,6 +44,7 @@ from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
+from brevitas_dmx.functional import width_jacobian
 
 
 def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
@@ -61,18 +62,26 @@ def _pairable(e_x, m_x, e_w, m_w) -> bool:
     return e_x.dim() == m_x.dim() == e_w.dim() == m_w.dim() == 0
 
 
-def _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w):
-    """The input's and the weight's format constants. Computed once per step and reused by
-    backward, and for both quantizers at once where they are scalars of one dtype: on a GPU every
-    scalar operation is a kernel launch, and launches, not element work, bound a step. Element-
-    wise, so the values are those of two separate calls."""
-    if x.dtype == weight.dtype and _pairable(e_x, m_x, e_w, m_w):
+def _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w):
+    """(input constants, weight constants, width Jacobians of shape (2, 2, 3) or None): what a
+    ``FormatBatch`` gives a layer (``layer_formats``), computed for this layer alone. Computed
+    once per step and reused by backward, and for both quantizers at once where they are scalars
+    of one dtype: on a GPU every scalar operation is a kernel launch, and launches, not element
+    work, bound a step. Elementwise, so the values are those of two separate calls."""
+    pairable = _pairable(e_x, m_x, e_w, m_w)
+    if x.dtype == weight.dtype and pairable:
         both = format_constants(
             torch.stack((e_x, e_w)).to(x.dtype), torch.stack((m_x, m_w)).to(x.dtype))
-        return tuple(c[0] for c in both), tuple(c[1] for c in both)
-    return (
-        format_constants(e_x.to(x.dtype), m_x.to(x.dtype)),
-        format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype)))
+        const_x, const_w = tuple(c[0] for c in both), tuple(c[1] for c in both)
+    else:
+        const_x = format_constants(e_x.to(x.dtype), m_x.to(x.dtype))
+        const_w = format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype))
+    jacobian = None
+    if pairable and rule_x == rule_w:
+        e = torch.stack((e_x, e_w)).detach().float()
+        m = torch.stack((m_x, m_w)).detach().float()
+        jacobian = width_jacobian(e, m, rule_x)
+    return const_x, const_w, jacobian
 
 
 class _DMXLinear(torch.autograd.Function):
@@ -85,10 +94,9 @@ class _DMXLinear(torch.autograd.Function):
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         if batched is None:
-            const_x, const_w = _format_constants_of_pair(x, weight, e_x, m_x, e_w, m_w)
-            jacobian = ()
-        else:
-            const_x, const_w, jacobian = batched[0], batched[1], (batched[2],)
+            batched = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
+        const_x, const_w, jacobian = batched
+        jacobian = () if jacobian is None else (jacobian,)
         xq, scale_x = forward_kernel(xb, const_x, rule_x)
         wq, scale_w = forward_kernel(wb, const_w, rule_w)
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
@@ -134,12 +142,6 @@ class _DMXLinear(torch.autograd.Function):
             # One product for both quantizers: (2, 2, 3) Jacobians times their (2, 1, 3) sums.
             sums = torch.stack((*sums_x, *sums_w)).view(2, 1, 3)
             (grad_e_x, grad_m_x), (grad_e_w, grad_m_w) = (jacobian[0] * sums).sum(-1)
-        elif need_fx and need_fw and _pairable(e_x, m_x, e_w, m_w) and rule_x == rule_w:
-            # Both quantizers' width gradients in one computation on 2-vectors (same values).
-            stacked = [torch.stack(pair) for pair in zip((e_x, m_x, *sums_x), (e_w, m_w, *sums_w))]
-            grad_e, grad_m = width_grads(*stacked, rule_x, (2,))
-            grad_e_x, grad_e_w = grad_e.unbind()
-            grad_m_x, grad_m_w = grad_m.unbind()
         else:
             if need_fx:
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)

@@ -62,7 +62,7 @@ class DMXFloatQuant(nn.Module):
         self.caches_eval_output = False
         self._eval_cache = None
         # (FormatBatch, index) while a batch computed this quantizer's format for the current
-        # forward pass (``brevitas_dmx.core.batch``), else None.
+        # forward pass (``brevitas_dmx.batched_formats``), else None.
         self._batched = None
 
     def extra_repr(self) -> str:

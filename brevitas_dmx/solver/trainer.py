@@ -17,7 +17,7 @@ from transformers import Trainer
 from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
-from brevitas_dmx.core.batch import batched_formats
+from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
