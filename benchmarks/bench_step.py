@@ -16,6 +16,12 @@ shared with other work disturbs them alike; the table gives medians and ratios.
     python benchmarks/bench_step.py --model smollm2-135m --tokens 256
     python benchmarks/bench_step.py --device cuda --model llama-1b-layers --layers 16 --tokens 2048
 
+With ``--micro-batches K`` a step is K forward/backward passes of ``--batch`` sequences each,
+gradients accumulated (the paper's batch on a device that holds fewer sequences at once); the
+dMX variants then share the weight work among them as the trainer does
+(``reusing_quantized_weights``), the ``*-noreuse`` variants do not. "Saved for bwd" is that of
+one micro-batch.
+
 ``llama-1b-layers``: random weights with Llama-3.2-1B's shapes (hidden 2048, intermediate 8192,
 32 heads, 8 KV heads), ``--layers`` decoder layers, and by default a vocabulary scaled with the
 depth (128256 x layers / 16, so that the LM head keeps its share of the full model's work).
@@ -42,11 +48,13 @@ from brevitas_dmx.profiling import saved_tensor_bytes
 # dmx: DMXQuantLinear with all formats computed at once per pass (batched_formats), what the
 # trainer of brevitas_dmx_llm runs; dmx-unbatched: DMXQuantLinear, each quantizer computing its
 # own format (before batched_formats); dmx-compiled: dmx with torch.compile;
-# *-sampled: the weight's format gradient estimated from --weight-grad-tokens tokens.
+# *-sampled: the weight's format gradient estimated from --weight-grad-tokens tokens;
+# *-noreuse: with --micro-batches, every micro-batch quantizes the weights and runs their
+# element sums (before reusing_quantized_weights, which the others use as the trainer does).
 # dMX steps include the trainer's bit penalty (target-aware, memory average with scales).
 VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
 SAMPLED = ("dmx-sampled", "dmx-compiled-sampled")
-OTHERS = ("dmx-unbatched",)
+OTHERS = ("dmx-unbatched", "dmx-noreuse", "dmx-compiled-noreuse")
 
 
 def _sync(device):
@@ -163,31 +171,39 @@ class RSSPeak:
         self.peak = max(self.peak, self.rss())
 
 
-def make_step(model, variant, input_ids, device):
-    """A closure running one training step; returns nothing."""
+def make_step(model, variant, input_ids, device, micro_batches=1):
+    """A closure running one training step (an optimizer step over ``micro_batches`` equal
+    slices of ``input_ids``, gradients accumulated); returns nothing."""
     from brevitas_dmx.model import batched_formats
+    from brevitas_dmx.model import reusing_quantized_weights
     from brevitas_dmx.model import train_only_offsets
     from brevitas_dmx.solver.regularizers import TargetAwarePenalty
     offsets = [o.raw_offset for o in train_only_offsets(model)]
     model.train()
     embed = model.get_input_embeddings()
-    labels = input_ids.clone()
+    slices = input_ids.chunk(micro_batches)
     penalty = TargetAwarePenalty(5.0, weighting="memory", include_scale_bits=True)
     batching = contextlib.ExitStack()  # open as long as the step closure lives
     if offsets and variant != "dmx-unbatched":
         batching.enter_context(batched_formats(model))
+    reuse = None
+    if offsets and micro_batches > 1 and not variant.endswith("-noreuse"):
+        reuse = batching.enter_context(reusing_quantized_weights(model))
 
-    def forward():
+    def forward(ids=slices[0]):
         if offsets:
-            loss = model(input_ids=input_ids, labels=labels).loss
+            loss = model(input_ids=ids, labels=ids).loss
             return loss + penalty(model)[0]
-        embeds = embed(input_ids).detach().requires_grad_(True)
-        return model(inputs_embeds=embeds, labels=labels).loss
+        embeds = embed(ids).detach().requires_grad_(True)
+        return model(inputs_embeds=embeds, labels=ids).loss
 
     def step():
         for p in offsets:
             p.grad = None
-        forward().backward()
+        for k, ids in enumerate(slices):
+            if reuse is not None:
+                reuse.last = k == len(slices) - 1
+            (forward(ids) / len(slices)).backward()
         if offsets:  # the optimizer step moves the format: no reuse across steps
             with torch.no_grad():
                 for p in offsets:
@@ -225,6 +241,11 @@ def main():
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=256, help="sequence length")
+    parser.add_argument(
+        "--micro-batches",
+        type=int,
+        default=1,
+        help="forward/backward passes of --batch sequences per step, gradients accumulated")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     parser.add_argument("--device", default="cpu")
@@ -255,13 +276,15 @@ def main():
     base = build_float_model(args.model, args.layers, args.vocab, dtype)
     vocab = base.config.vocab_size
     torch.manual_seed(1)
-    input_ids = torch.randint(0, vocab, (args.batch, args.tokens), device=device)
+    input_ids = torch.randint(
+        0, vocab, (args.batch * args.micro_batches, args.tokens), device=device)
     steps, forwards = {}, {}
     for variant in variants:
         model = quantize(copy.deepcopy(base), variant).to(device)
         if variant.endswith("-sampled"):
             set_weight_grad_tokens(model, args.weight_grad_tokens)
-        steps[variant], forwards[variant] = make_step(model, variant, input_ids, device)
+        steps[variant], forwards[variant] = make_step(
+            model, variant, input_ids, device, args.micro_batches)
     del base
 
     import brevitas_dmx.functional as functional
@@ -311,7 +334,9 @@ def main():
     print(
         f"device: {name}, torch {torch.__version__}, model {args.model}"
         f"{f' ({args.layers} layers, vocab {vocab})' if args.model != 'smollm2-135m' else ''}, "
-        f"batch {args.batch}x{args.tokens}, {args.dtype}, median of {args.repeats} interleaved"
+        f"batch {args.batch}x{args.tokens}"
+        f"{f' x {args.micro_batches} micro-batches' if args.micro_batches > 1 else ''}, "
+        f"{args.dtype}, median of {args.repeats} interleaved"
         f"{f', sampled weight grad from {args.weight_grad_tokens} tokens' if sampled else ''}")
     peak_name = "CUDA peak over start (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
     print(

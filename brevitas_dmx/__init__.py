@@ -19,6 +19,7 @@ from brevitas_dmx.model import finalize
 from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import mx_quantizers
+from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import set_rounding
 from brevitas_dmx.model import set_temperature
 from brevitas_dmx.model import tie_groups

@@ -213,10 +213,17 @@ def _values_backward_elements(blocks, max_normal, min_normal, step_factor, scale
     return (clamped * scale, *_format_sums(*rounding, inside, scale, grad_out, shape))
 
 
+def _sums_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
+    """For a frozen tensor whose fake-quantized value is already at hand: only the three sums."""
+    rounding = _round_elements(blocks, max_normal, min_normal, step_factor, scale)
+    return _format_sums(*rounding, rounding[3] == 0, scale, grad_out, shape)
+
+
 _EAGER = {
     "forward": _forward_elements,
     "backward": _backward_elements,
-    "values_backward": _values_backward_elements
+    "values_backward": _values_backward_elements,
+    "sums": _sums_elements,
 }
 _KERNELS = dict(_EAGER)
 
@@ -240,6 +247,13 @@ def values_backward_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: T
     _, max_normal, min_normal, step_factor = constants
     return _KERNELS["values_backward"](
         blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def sums_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
+    """The three sums of ``backward_kernel`` alone (a frozen tensor's format gradient); no
+    autograd."""
+    _, max_normal, min_normal, step_factor = constants
+    return _KERNELS["sums"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
 
 
 _COMPILED = {}

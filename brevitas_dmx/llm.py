@@ -126,7 +126,19 @@ def build_parser():
     group.add_argument("--dmx-lr", type=float, default=1.0, help="Offset learning rate (1.0).")
     group.add_argument("--dmx-optimizer", choices=OPTIMIZERS, default="sgd")
     group.add_argument("--dmx-steps", type=int, default=400, help="Training steps (400).")
-    group.add_argument("--dmx-batch-size", type=int, default=8, help="Samples per step (8).")
+    group.add_argument(
+        "--dmx-batch-size", type=int, default=8, help="Samples per forward pass (8).")
+    group.add_argument(
+        "--dmx-grad-accum",
+        type=int,
+        default=1,
+        help="Forward passes (micro-batches) per step: a step sees dmx-batch-size times this "
+        "many samples, and its micro-batches share the weights' quantization (1).")
+    group.add_argument(
+        "--dmx-recompute-weights",
+        action="store_true",
+        help="With --dmx-grad-accum, quantize the weights again in every micro-batch instead of "
+        "holding two weight-sized tensors per layer through each step (slower, less memory).")
     group.add_argument("--dmx-temp-start", type=float, default=0.4)
     group.add_argument("--dmx-temp-end", type=float, default=20.0)
     group.add_argument("--dmx-temp-delay", type=float, default=0.6)
@@ -314,6 +326,7 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     positive = {
         "dmx_steps": args.dmx_steps,
         "dmx_batch_size": args.dmx_batch_size,
+        "dmx_grad_accum": args.dmx_grad_accum,
         "dmx_lr": args.dmx_lr,
         "dmx_temp_start": args.dmx_temp_start,
         "dmx_temp_end": args.dmx_temp_end,
@@ -515,7 +528,12 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
         enable_compile(True)
     checkpoints = os.path.join(out_dir, "checkpoints")
     training_args = training_arguments(
-        checkpoints, args.dmx_steps, args.dmx_batch_size, args.dmx_lr, args.seed)
+        checkpoints,
+        args.dmx_steps,
+        args.dmx_batch_size,
+        args.dmx_lr,
+        args.seed,
+        gradient_accumulation_steps=args.dmx_grad_accum)
     trainer = DMXTrainer(
         model,
         training_args,
@@ -524,6 +542,7 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
         temp_start=args.dmx_temp_start,
         temp_end=args.dmx_temp_end,
         temp_delay=args.dmx_temp_delay,
+        reuse_quantized_weights=not args.dmx_recompute_weights,
         train_dataset=calib)
     resume = get_last_checkpoint(
         checkpoints) if args.dmx_resume and os.path.isdir(checkpoints) else None
@@ -641,6 +660,7 @@ def run_dmx(args) -> Dict:
             metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
             metrics["train_time_s"] = time.perf_counter() - search_start
             metrics["train_steps"] = args.dmx_steps
+            metrics["train_grad_accum"] = args.dmx_grad_accum
         model.eval()
         metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
         projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)

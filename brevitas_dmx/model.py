@@ -13,6 +13,8 @@ from torch import Tensor
 
 from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import quantizer_widths
+from brevitas_dmx.core.linear import DMXQuantLinear
+from brevitas_dmx.core.linear import WeightReuse
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
 from brevitas_dmx.formats import E8M0_SCALE_BITS
@@ -42,6 +44,7 @@ __all__ = [
     "train_only_offsets",
     "batched_formats",
     "dmx_quantizers",
+    "reusing_quantized_weights",
 ]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
@@ -186,6 +189,29 @@ def batched_formats(model: nn.Module):
         for handle in handles:
             handle.remove()
         batch.clear()
+
+
+@contextlib.contextmanager
+def reusing_quantized_weights(model: nn.Module):
+    """Within the block, the micro-batches of one optimizer step share every fused dMX layer's
+    weight work (``brevitas_dmx.core.linear.WeightReuse``, which it yields): the weight is
+    quantized once per step and its element sums run in the step's last backward only. Set the
+    yielded object's ``last`` to True before the forward pass of each step's last micro-batch
+    and False before the others. ``DMXTrainer`` does this when it accumulates gradients (not
+    under FSDP: every rank would hold whole quantized weights and their gradients).
+
+    Costs two weight-sized tensors per layer from a step's first forward pass to its last
+    backward: the quantized weight and the summed d loss / d (quantized weight)."""
+    reuse = WeightReuse()
+    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
+    for layer in layers:
+        layer.weight_reuse = reuse
+    try:
+        yield reuse
+    finally:
+        for layer in layers:
+            layer.weight_reuse = None
+        reuse.clear()
 
 
 def train_only_offsets(model: nn.Module) -> List[DMXOffset]:

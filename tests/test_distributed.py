@@ -132,6 +132,29 @@ def test_two_process_resume_from_a_checkpoint(runs, tiny_folder, text_file):
         (root / "ddp" / "format_map.json").read_text())
 
 
+def test_two_processes_accumulating_micro_batches_give_the_whole_batch_result(
+        runs, tiny_folder, text_file):
+    # 2 micro-batches of 2 samples (one per rank), sharing the quantized weights, against one
+    # process taking the 4 samples at once: DDP averages only in the last micro-batch's backward,
+    # where the shared weight sums also run
+    root, _ = runs
+    accumulated = root / "ddp_accumulated"
+    _llm(
+        2,
+        tiny_folder,
+        text_file,
+        accumulated,
+        "--dmx-batch-size",
+        "2",
+        "--dmx-grad-accum",
+        "2",
+        "--dmx-skip-baselines")
+    _assert_close_offsets(
+        _offsets(root / "single" / "dmx_offsets.pt"),
+        _offsets(accumulated / "dmx_offsets.pt"),
+        atol=1e-5)
+
+
 def test_global_batch_must_divide_among_processes(monkeypatch):
     assert distributed.per_device_batch_size(8, 2) == 4
     with pytest.raises(ValueError, match="multiple of the 3 processes"):

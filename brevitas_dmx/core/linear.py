@@ -27,6 +27,13 @@ quantizers' format constants and width Jacobians from the model-wide ``FormatBat
 computes them itself, for both quantizers together where their widths are scalars. Either way its
 backward turns the six element sums into the four width gradients with one product.
 
+Under gradient accumulation (``WeightReuse``, which ``DMXTrainer`` uses when it accumulates) the
+micro-batches of one optimizer step share the weight work: the weights are frozen and the format
+changes only at the optimizer step, so the first micro-batch's quantized weight serves them all,
+and since the weight's format gradient is linear in d loss / d (quantized weight), that product
+is summed over the micro-batches and the weight's element sums run once, in the last one's
+backward. The cost is two weight-sized tensors per layer held within the step.
+
 Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
 output quantizer, a feature count that is not a multiple of the block) takes
 ``qnn.QuantLinear``'s own path.
@@ -42,6 +49,7 @@ import torch.nn.functional as F
 from brevitas_dmx.functional import backward_kernel
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
+from brevitas_dmx.functional import sums_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 from brevitas_dmx.functional import width_jacobian
@@ -84,13 +92,91 @@ def _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w):
     return const_x, const_w, jacobian
 
 
+class _SharedWeight:
+    """One layer's weight work within one optimizer step: what identifies its format and weight
+    (``key``), the quantized weight blocks and their scales, and the sum over the micro-batches so
+    far of d loss / d (quantized weight), in its dtype (as autograd accumulates a ``.grad``)."""
+
+    __slots__ = ("key", "values", "scale", "grad", "last")
+
+    def __init__(self, key):
+        self.key = key
+        self.values = self.scale = self.grad = None
+        self.last = False  # whether the micro-batch running now ends the step
+
+
+def _weight_key(quant, weight: Tensor):
+    """What the quantized weight depends on that can change between micro-batches, read on the
+    host: in-place updates of the format's tensors (the optimizer step, a temperature ``fill_``,
+    ``pin``, loading a checkpoint) bump their versions. The weight itself is frozen (the fused
+    path requires it); only its layout is checked, since FSDP gathers it anew (a new version)
+    for every forward pass."""
+    tensors = (*quant.offset.parameters(), *quant.offset.buffers(), quant.pinned_widths)
+    return tuple(
+        (id(t), t._version) for t in tensors) + (tuple(weight.shape), weight.dtype, weight.device)
+
+
+class WeightReuse:
+    """Lets the micro-batches of one optimizer step share each fused layer's weight work
+    (module docstring). Its owner sets ``last`` before each micro-batch's forward pass: True
+    for the micro-batch whose backward ends the optimizer step (the Trainer's
+    ``sync_gradients``). A step of one micro-batch shares nothing and holds nothing.
+
+    Only the owner's loop may change the formats, and only after a last micro-batch: a format
+    that changes while a layer's weight gradient is being accumulated is an error."""
+
+    def __init__(self):
+        self.last = True
+        self._shared = {}
+
+    def begin(self, layer, quant) -> Optional[_SharedWeight]:
+        """The state ``layer`` shares with the other micro-batches of this step, or None."""
+        key = _weight_key(quant, layer.weight)
+        shared = self._shared.get(layer)
+        if shared is not None and shared.key != key:
+            if shared.grad is not None:
+                raise RuntimeError(
+                    "A dMX layer's format changed between the micro-batches of one "
+                    "optimizer step while its weight gradient was being accumulated: change "
+                    "offsets, temperatures and pins only after a micro-batch with last=True.")
+            shared = None
+        if shared is None:
+            if self.last:
+                return None  # a step of one micro-batch
+            shared = self._shared[layer] = _SharedWeight(key)
+        shared.last = self.last
+        return shared
+
+    def clear(self) -> None:
+        self._shared.clear()
+
+    @property
+    def pending(self) -> bool:
+        """Whether some layer holds an accumulated weight gradient not yet turned into its
+        format gradient."""
+        return any(s.grad is not None for s in self._shared.values())
+
+
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-            ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, grad_tokens, batched):
+            ctx,
+            x,
+            weight,
+            bias,
+            e_w,
+            m_w,
+            e_x,
+            m_x,
+            group,
+            rule_w,
+            rule_x,
+            grad_tokens,
+            batched,
+            shared):
         # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
-        # None to compute them here
+        # None to compute them here. shared: a _SharedWeight under gradient accumulation.
         xb = x.unflatten(-1, (-1, group))
         wb = weight.unflatten(-1, (-1, group))
         if batched is None:
@@ -98,11 +184,17 @@ class _DMXLinear(torch.autograd.Function):
         const_x, const_w, jacobian = batched
         jacobian = () if jacobian is None else (jacobian,)
         xq, scale_x = forward_kernel(xb, const_x, rule_x)
-        wq, scale_w = forward_kernel(wb, const_w, rule_w)
+        if shared is not None and shared.values is not None:
+            wq, scale_w = shared.values, shared.scale
+        else:
+            wq, scale_w = forward_kernel(wb, const_w, rule_w)
+            if shared is not None:
+                shared.values, shared.scale = wq, scale_w
         out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
         ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
+        ctx.shared = shared
         return out
 
     @staticmethod
@@ -122,13 +214,19 @@ class _DMXLinear(torch.autograd.Function):
         if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
             x_rows = x_rows[start::stride].contiguous()
         xq, _ = forward_kernel(x_rows, const_x, rule_x)
-        grad_wq = grad_2d[start::stride].t().mm(xq.flatten(-2).to(grad_2d.dtype))
-        if stride > 1:
-            grad_wq.mul_(stride)
+        shared, ctx.shared = ctx.shared, None
+        grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
         del xq, x_rows
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
-        wq, *sums_w = values_backward_kernel(
-            wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+        if shared is None:
+            wq, *sums_w = values_backward_kernel(
+                wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+        else:  # the step's quantized weight; its sums once, over the step's summed gradient
+            wq, sums_w = shared.values, None
+            if shared.last:
+                sums_w = sums_kernel(
+                    wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+                shared.values = shared.scale = shared.grad = None
         del grad_wq
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
@@ -138,10 +236,13 @@ class _DMXLinear(torch.autograd.Function):
                 xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
         grad_e_w = grad_m_w = None
+        need_fw = need_fw and sums_w is not None  # else the weight's sums wait for the last
         if jacobian and need_fx and need_fw:
             # One product for both quantizers: (2, 2, 3) Jacobians times their (2, 1, 3) sums.
             sums = torch.stack((*sums_x, *sums_w)).view(2, 1, 3)
             (grad_e_x, grad_m_x), (grad_e_w, grad_m_w) = (jacobian[0] * sums).sum(-1)
+        elif jacobian and need_fx:
+            grad_e_x, grad_m_x = (jacobian[0][0] * torch.stack(sums_x)).sum(-1)
         else:
             if need_fx:
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
@@ -160,7 +261,22 @@ class _DMXLinear(torch.autograd.Function):
             None,
             None,
             None,
+            None,
             None)
+
+
+def _weight_grad(grad_t: Tensor, xq: Tensor, stride: int, shared: Optional[_SharedWeight]):
+    """d loss / d (quantized weight) = ``stride * grad_t @ xq``; with ``shared``, summed over
+    the step's micro-batches so far (within the product: no second weight-sized tensor)."""
+    xq = xq.to(grad_t.dtype)
+    if shared is not None and shared.grad is not None:
+        return shared.grad.addmm_(grad_t, xq, alpha=stride)
+    grad_wq = grad_t.mm(xq)
+    if stride > 1:
+        grad_wq.mul_(stride)
+    if shared is not None:
+        shared.grad = grad_wq
+    return grad_wq
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -203,9 +319,13 @@ class DMXQuantLinear(qnn.QuantLinear):
     layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
 
     ``weight_grad_tokens``: None (exact) or how many tokens estimate the weight's format gradient
-    (module docstring); ``set_weight_grad_tokens`` sets it on a whole model."""
+    (module docstring); ``set_weight_grad_tokens`` sets it on a whole model.
+
+    ``weight_reuse``: a ``WeightReuse`` while micro-batches share the weight work
+    (``brevitas_dmx.reusing_quantized_weights``), else None."""
 
     weight_grad_tokens: Optional[int] = None
+    weight_reuse: Optional[WeightReuse] = None
 
     def forward(self, input):
         quants = fused_quantizers(self) if isinstance(input, Tensor) else None
@@ -228,7 +348,8 @@ class DMXQuantLinear(qnn.QuantLinear):
             wq.scale_rule,
             xq.scale_rule,
             self.weight_grad_tokens,
-            _batched_layer_formats(wq, xq, input, self.weight))
+            _batched_layer_formats(wq, xq, input, self.weight),
+            None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
 
 
 def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> None:

@@ -7,6 +7,7 @@ offsets and the optimizer state, so they are a few kilobytes, and ``resume_from_
 continues a run exactly (same data order, same optimizer state, same temperature).
 """
 
+import contextlib
 import math
 import os
 from typing import Dict, List, Optional
@@ -19,6 +20,7 @@ from transformers import TrainingArguments
 from brevitas_dmx import distributed
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
+from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
 from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_END
@@ -116,6 +118,10 @@ class DMXTrainer(DMXLossMixin, Trainer):
     The optimizer defaults to the paper's SGD (momentum 0.99, Nesterov, no weight decay) at
     ``args.learning_rate``; ``optimizer_name`` may be 'adam' or 'adamw'. The temperature follows
     ``TemperatureScheduleCallback`` (T0 for ``temp_delay`` of the steps, then exponential to T1).
+
+    Under gradient accumulation the micro-batches of a step share the weight work
+    (``reusing_quantized_weights``; ``shares_weight_work``) unless ``reuse_quantized_weights`` is
+    False: faster, at the cost of two weight-sized tensors per layer held within each step.
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             temp_end: float = DEFAULT_TEMP_END,
             temp_delay: float = DEFAULT_TEMP_DELAY,
             callbacks: Optional[List] = None,
+            reuse_quantized_weights: bool = True,
             **kwargs):
         if optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer_name!r}; choose one of {OPTIMIZERS}.")
@@ -143,6 +150,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
         self.momentum = momentum
+        self.reuse_quantized_weights = reuse_quantized_weights
         if self.is_fsdp_enabled:
             self._keep_offsets_out_of_fsdp(offsets)
 
@@ -171,11 +179,18 @@ class DMXTrainer(DMXLossMixin, Trainer):
 
     def train(self, *args, **kwargs):
         """``Trainer.train`` with every learnable format computed at once per forward pass
-        (``batched_formats``), then the offsets checked identical on every rank and made so
-        (``brevitas_dmx.distributed.sync_offsets``); the spread is kept in
-        ``self.offsets_rank_spread`` (0.0 in a single process)."""
-        with batched_formats(self.model):
-            result = super().train(*args, **kwargs)
+        (``batched_formats``) and, under gradient accumulation, the weight work shared by the
+        micro-batches of each step (``reusing_quantized_weights``); then the offsets checked
+        identical on every rank and made so (``brevitas_dmx.distributed.sync_offsets``); the
+        spread is kept in ``self.offsets_rank_spread`` (0.0 in a single process)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(batched_formats(self.model))
+            if self.shares_weight_work:
+                self._weight_reuse = stack.enter_context(reusing_quantized_weights(self.model))
+            try:
+                result = super().train(*args, **kwargs)
+            finally:
+                self._weight_reuse = None
         self.offsets_rank_spread = distributed.sync_offsets(self.model)
         if self.offsets_rank_spread > 0:
             print(
@@ -183,6 +198,22 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 f"rank 0's were broadcast")
         distributed.dump_rank_offsets(self.model)
         return result
+
+    @property
+    def shares_weight_work(self) -> bool:
+        """Whether the micro-batches of a step share the weight work: under gradient
+        accumulation, unless told not to, and not under FSDP, where every rank would hold whole
+        (gathered) quantized weights and their gradients through the step, what sharding is
+        there to avoid."""
+        return (
+            self.reuse_quantized_weights and self.args.gradient_accumulation_steps > 1 and
+            not self.is_fsdp_enabled)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        reuse = getattr(self, "_weight_reuse", None)
+        if reuse is not None:  # set by Trainer before each micro-batch: True on a step's last
+            reuse.last = self.accelerator.sync_gradients
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         # Only the offsets: the frozen weights are the user's float checkpoint. Every rank
