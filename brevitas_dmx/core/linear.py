@@ -111,9 +111,11 @@ def _weight_key(quant, weight: Tensor):
     ``pin``, loading a checkpoint) bump their versions. The weight itself is frozen (the fused
     path requires it); only its layout is checked, since FSDP gathers it anew (a new version)
     for every forward pass."""
-    tensors = (*quant.offset.parameters(), *quant.offset.buffers(), quant.pinned_widths)
-    return tuple(
-        (id(t), t._version) for t in tensors) + (tuple(weight.shape), weight.dtype, weight.device)
+    offset = quant.offset
+    tensors = (*offset.parameters(), *offset.buffers(), quant.pinned_widths)
+    settings = (id(offset), offset.ladder.name, offset.rounding, offset.sharpness, quant.scale_rule)
+    return tuple((id(t), t._version)
+                 for t in tensors) + settings + (tuple(weight.shape), weight.dtype, weight.device)
 
 
 class WeightReuse:
@@ -123,7 +125,12 @@ class WeightReuse:
     ``sync_gradients``). A step of one micro-batch shares nothing and holds nothing.
 
     Only the owner's loop may change the formats, and only after a last micro-batch: a format
-    that changes while a layer's weight gradient is being accumulated is an error."""
+    that changes while a layer's weight gradient is being accumulated is an error (changes
+    through ``.data``, which keep a tensor's version, are not seen). Every layer that runs in a
+    step must run in its last micro-batch, whose backward turns the accumulated weight gradient
+    into the format gradient; ``end_step`` checks this. A layer may run several times in one
+    micro-batch. In bfloat16 the accumulated gradient is summed in bfloat16, as autograd sums a
+    ``.grad``."""
 
     def __init__(self):
         self.last = True
@@ -139,6 +146,7 @@ class WeightReuse:
                     "A dMX layer's format changed between the micro-batches of one "
                     "optimizer step while its weight gradient was being accumulated: change "
                     "offsets, temperatures and pins only after a micro-batch with last=True.")
+            del self._shared[layer]  # the step it belonged to is over
             shared = None
         if shared is None:
             if self.last:
@@ -155,6 +163,21 @@ class WeightReuse:
         """Whether some layer holds an accumulated weight gradient not yet turned into its
         format gradient."""
         return any(s.grad is not None for s in self._shared.values())
+
+    def end_step(self, model: torch.nn.Module) -> None:
+        """After the backward of a step's last micro-batch: raises if a layer of ``model`` ran
+        in an earlier micro-batch but not in the last (its weight's format gradient would be
+        lost), then forgets the step."""
+        pending = [
+            name for name, m in model.named_modules()
+            if getattr(self._shared.get(m), "grad", None) is not None
+        ]
+        self.clear()
+        if pending:
+            raise RuntimeError(
+                f"dMX layers {pending} ran in a micro-batch of this step but not in its last: "
+                f"their weights' format gradient needs the last backward. Turn the sharing off "
+                f"(--dmx-recompute-weights, DMXTrainer(reuse_quantized_weights=False)).")
 
 
 class _DMXLinear(torch.autograd.Function):
@@ -194,7 +217,9 @@ class _DMXLinear(torch.autograd.Function):
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
         ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
-        ctx.shared = shared
+        # the quantized weight and whether this pass ends the step, as of this forward pass (the
+        # layer may run again, or the next micro-batch start, before this backward)
+        ctx.shared = None if shared is None else (shared, wq, shared.last)
         return out
 
     @staticmethod
@@ -214,16 +239,17 @@ class _DMXLinear(torch.autograd.Function):
         if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
             x_rows = x_rows[start::stride].contiguous()
         xq, _ = forward_kernel(x_rows, const_x, rule_x)
-        shared, ctx.shared = ctx.shared, None
+        shared, wq, last = ctx.shared or (None, None, None)
+        ctx.shared = None
         grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
         del xq, x_rows
         shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
         if shared is None:
             wq, *sums_w = values_backward_kernel(
                 wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
-        else:  # the step's quantized weight; its sums once, over the step's summed gradient
-            wq, sums_w = shared.values, None
-            if shared.last:
+        else:  # the step's quantized weight; the sums over the gradient summed so far, once
+            sums_w = None
+            if last:  # linear in the gradient: a layer run twice sums in two parts, exactly
                 sums_w = sums_kernel(
                     wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
                 shared.values = shared.scale = shared.grad = None

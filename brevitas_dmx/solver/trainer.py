@@ -15,9 +15,11 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers import TrainerCallback
 from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
+from brevitas_dmx.core.linear import DMXQuantLinear
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import reusing_quantized_weights
@@ -187,6 +189,15 @@ class DMXTrainer(DMXLossMixin, Trainer):
             stack.enter_context(batched_formats(self.model))
             if self.shares_weight_work:
                 self._weight_reuse = stack.enter_context(reusing_quantized_weights(self.model))
+                forget = _ForgetStaleWeights(self._weight_reuse)
+                self.callback_handler.add_callback(forget)
+                stack.callback(self.callback_handler.remove_callback, forget)
+                if distributed.is_main():
+                    print(
+                        f"[dMX] the {self.args.gradient_accumulation_steps} micro-batches of "
+                        f"each step share the weight work: holds about "
+                        f"{2 * _quantized_weight_bytes(self.model) / 2**30:.2f} GiB through a "
+                        f"step (--dmx-recompute-weights turns it off)")
             try:
                 result = super().train(*args, **kwargs)
             finally:
@@ -205,15 +216,23 @@ class DMXTrainer(DMXLossMixin, Trainer):
         accumulation, unless told not to, and not under FSDP, where every rank would hold whole
         (gathered) quantized weights and their gradients through the step, what sharding is
         there to avoid."""
+        sharded = (
+            self.is_fsdp_enabled or self.is_deepspeed_enabled or
+            getattr(self, "is_distributed_loading_by_transformers", False))
         return (
             self.reuse_quantized_weights and self.args.gradient_accumulation_steps > 1 and
-            not self.is_fsdp_enabled)
+            not sharded)
 
     def training_step(self, model, inputs, *args, **kwargs):
         reuse = getattr(self, "_weight_reuse", None)
-        if reuse is not None:  # set by Trainer before each micro-batch: True on a step's last
-            reuse.last = self.accelerator.sync_gradients
-        return super().training_step(model, inputs, *args, **kwargs)
+        if reuse is None:
+            return super().training_step(model, inputs, *args, **kwargs)
+        # sync_gradients: set by the Trainer before each micro-batch, True on a step's last
+        reuse.last = self.accelerator.sync_gradients
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if reuse.last:
+            reuse.end_step(self.model)
+        return loss
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         # Only the offsets: the frozen weights are the user's float checkpoint. Every rank
@@ -232,6 +251,25 @@ class DMXTrainer(DMXLossMixin, Trainer):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No dMX offsets checkpoint at {path}")
         load_offsets(model or self.model, torch.load(path, map_location="cpu"))
+
+
+class _ForgetStaleWeights(TrainerCallback):
+    """Drops what a step left behind when it did not finish (an out-of-memory retry of
+    ``auto_find_batch_size`` restarts the loop mid-step): each step starts from nothing."""
+
+    def __init__(self, reuse):
+        self.reuse = reuse
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.reuse.clear()
+
+
+def _quantized_weight_bytes(model: nn.Module) -> int:
+    """Bytes of the weights of the fused dMX layers (each held twice while sharing)."""
+    return sum(
+        m.weight.numel() * m.weight.element_size()
+        for m in model.modules()
+        if isinstance(m, DMXQuantLinear))
 
 
 def training_arguments(
