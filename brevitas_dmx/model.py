@@ -202,14 +202,13 @@ def reusing_quantized_weights(model: nn.Module):
 
     Costs two weight-sized tensors per layer from a step's first forward pass to its last
     backward: the quantized weight and the summed d loss / d (quantized weight)."""
-    reuse = WeightReuse()
-    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
-    for layer in layers:
+    reuse = WeightReuse([m for m in model.modules() if isinstance(m, DMXQuantLinear)])
+    for layer in reuse.layers:
         layer.weight_reuse = reuse
     try:
         yield reuse
     finally:
-        for layer in layers:
+        for layer in reuse.layers:
             layer.weight_reuse = None
         reuse.clear()
 

@@ -132,8 +132,9 @@ class WeightReuse:
     micro-batch. In bfloat16 the accumulated gradient is summed in bfloat16, as autograd sums a
     ``.grad``."""
 
-    def __init__(self):
+    def __init__(self, layers=()):
         self.last = True
+        self.layers = list(layers)  # the fused layers it was handed (for ``weight_bytes``)
         self._shared = {}
 
     def begin(self, layer, quant) -> Optional[_SharedWeight]:
@@ -159,19 +160,25 @@ class WeightReuse:
         self._shared.clear()
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of its layers' weights; sharing holds about twice this through a step."""
+        return sum(m.weight.numel() * m.weight.element_size() for m in self.layers)
+
+    def _pending_layers(self) -> set:
+        """The layers holding an accumulated weight gradient not yet turned into their format
+        gradient."""
+        return {layer for layer, s in self._shared.items() if s.grad is not None}
+
+    @property
     def pending(self) -> bool:
-        """Whether some layer holds an accumulated weight gradient not yet turned into its
-        format gradient."""
-        return any(s.grad is not None for s in self._shared.values())
+        return bool(self._pending_layers())
 
     def end_step(self, model: torch.nn.Module) -> None:
         """After the backward of a step's last micro-batch: raises if a layer of ``model`` ran
         in an earlier micro-batch but not in the last (its weight's format gradient would be
         lost), then forgets the step."""
-        pending = [
-            name for name, m in model.named_modules()
-            if getattr(self._shared.get(m), "grad", None) is not None
-        ]
+        layers = self._pending_layers()
+        pending = [name for name, m in model.named_modules() if m in layers]
         self.clear()
         if pending:
             raise RuntimeError(

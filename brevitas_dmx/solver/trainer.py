@@ -19,7 +19,6 @@ from transformers import TrainerCallback
 from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
-from brevitas_dmx.core.linear import DMXQuantLinear
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import reusing_quantized_weights
@@ -196,7 +195,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
                     print(
                         f"[dMX] the {self.args.gradient_accumulation_steps} micro-batches of "
                         f"each step share the weight work: holds about "
-                        f"{2 * _quantized_weight_bytes(self.model) / 2**30:.2f} GiB through a "
+                        f"{2 * self._weight_reuse.weight_bytes / 2**30:.2f} GiB through a "
                         f"step (--dmx-recompute-weights turns it off)")
             try:
                 result = super().train(*args, **kwargs)
@@ -213,9 +212,10 @@ class DMXTrainer(DMXLossMixin, Trainer):
     @property
     def shares_weight_work(self) -> bool:
         """Whether the micro-batches of a step share the weight work: under gradient
-        accumulation, unless told not to, and not under FSDP, where every rank would hold whole
-        (gathered) quantized weights and their gradients through the step, what sharding is
-        there to avoid."""
+        accumulation, unless told not to, and not when the weights are sharded (FSDP,
+        DeepSpeed, transformers' sharded loading), where every rank would hold whole (gathered)
+        quantized weights and their gradients through the step, what sharding is there to
+        avoid."""
         sharded = (
             self.is_fsdp_enabled or self.is_deepspeed_enabled or
             getattr(self, "is_distributed_loading_by_transformers", False))
@@ -262,14 +262,6 @@ class _ForgetStaleWeights(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.reuse.clear()
-
-
-def _quantized_weight_bytes(model: nn.Module) -> int:
-    """Bytes of the weights of the fused dMX layers (each held twice while sharing)."""
-    return sum(
-        m.weight.numel() * m.weight.element_size()
-        for m in model.modules()
-        if isinstance(m, DMXQuantLinear))
 
 
 def training_arguments(
