@@ -192,9 +192,17 @@ def _format_sums(scaled, rounded, subnormal, saturated, inside, scale, grad_out,
     scaled_grad = grad_out * scale  # out = elements * scale
     # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
     error_grad = (rounded - scaled) * inside * scaled_grad
-    return (
-        error_grad.float().sum_to_size(shape), (error_grad * subnormal).float().sum_to_size(shape),
-        (scaled_grad * saturated).float().sum_to_size(shape))
+    return tuple(
+        _block_sum(t, shape)
+        for t in (error_grad, error_grad * subnormal, scaled_grad * saturated))
+
+
+def _block_sum(t: Tensor, shape) -> Tensor:
+    """``t`` summed in float32 to ``shape`` (which has size 1 along the block dimension): first
+    within each block, so that a compiled kernel makes the three sums of ``_format_sums`` in one
+    pass over the elements (summed at once to ``shape``, it stored two weight-sized tensors and
+    read them in two more passes)."""
+    return t.sum(-1, keepdim=True, dtype=torch.float32).sum_to_size(shape)
 
 
 def _backward_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
