@@ -193,8 +193,7 @@ def _format_sums(scaled, rounded, subnormal, saturated, inside, scale, grad_out,
     # Inside the range d out / d log2(step) = ln2 * (out - x): the rounding error.
     error_grad = (rounded - scaled) * inside * scaled_grad
     return tuple(
-        _block_sum(t, shape)
-        for t in (error_grad, error_grad * subnormal, scaled_grad * saturated))
+        _block_sum(t, shape) for t in (error_grad, error_grad * subnormal, scaled_grad * saturated))
 
 
 def _block_sum(t: Tensor, shape) -> Tensor:
@@ -308,7 +307,7 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     def backward(ctx, grad_out, grad_scale):
         blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
         dtype = blocks.dtype
-        shape = torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
+        shape = width_shape(exponent_bits, mantissa_bits)
         constants = format_constants(exponent_bits.to(dtype), mantissa_bits.to(dtype))
         grad_blocks, sum_error, sum_error_subnormal, sum_saturated = backward_kernel(
             blocks, constants, scale, grad_out, shape)
@@ -320,6 +319,15 @@ class _MXQuantizeBlocks(torch.autograd.Function):
             exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated,
             ctx.scale_rule, shape)
         return grad_blocks, grad_e, grad_m, None
+
+
+def width_shape(exponent_bits: Tensor, mantissa_bits: Tensor) -> torch.Size:
+    """The shape of the format that two width tensors describe together (their broadcast).
+    ``torch.broadcast_shapes`` runs in Python, ~60 us a call on a slow host: equal shapes (one
+    scalar format each, the common case) skip it."""
+    if exponent_bits.shape == mantissa_bits.shape:
+        return exponent_bits.shape
+    return torch.broadcast_shapes(exponent_bits.shape, mantissa_bits.shape)
 
 
 def _format_partials(e: Tensor, m: Tensor, scale_rule: str):

@@ -37,6 +37,17 @@ def _two_layer_model():
         qnn.QuantLinear(96, 32, bias=False, weight_quant=DMXFloatWeight, input_quant=DMXFloatAct))
 
 
+def test_quantizers_are_listed_in_module_order_with_shared_layers_once():
+    torch.manual_seed(0)
+    shared = qnn.QuantLinear(
+        32, 32, bias=False, weight_quant=DMXFloatWeight, input_quant=DMXFloatAct)
+    model = nn.ModuleDict({"b": _two_layer_model(), "a": shared, "again": shared})
+    names = [name for name, _ in bd.mx_quantizers(model)]
+    quantized = [name for name, m in model.named_modules() if isinstance(m, qnn.QuantLinear)]
+    assert quantized == ["b.0", "b.2", "a"]
+    assert names == [n for n in quantized for _ in range(2)]  # weight and input of each
+
+
 def test_train_only_offsets_freezes_everything_but_the_offsets():
     model = _two_layer_model()
     offsets = bd.train_only_offsets(model)

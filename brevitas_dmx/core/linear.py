@@ -53,6 +53,7 @@ from brevitas_dmx.functional import sums_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 from brevitas_dmx.functional import width_jacobian
+from brevitas_dmx.functional import width_shape
 
 
 def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
@@ -250,7 +251,7 @@ class _DMXLinear(torch.autograd.Function):
         ctx.shared = None
         grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
         del xq, x_rows
-        shape_w = torch.broadcast_shapes(e_w.shape, m_w.shape)
+        shape_w = width_shape(e_w, m_w)
         if shared is None:
             wq, *sums_w = values_backward_kernel(
                 wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
@@ -264,7 +265,7 @@ class _DMXLinear(torch.autograd.Function):
         grad_x = grad_e_x = grad_m_x = None
         if need_x or need_fx:
             grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
-            shape_x = torch.broadcast_shapes(e_x.shape, m_x.shape)
+            shape_x = width_shape(e_x, m_x)
             grad_xb, *sums_x = backward_kernel(
                 xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
             grad_x = grad_xb.flatten(-2) if need_x else None
