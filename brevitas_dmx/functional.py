@@ -403,11 +403,17 @@ def mx_quantize_blocks(
         scale_rule: str = "floor") -> Tuple[Tensor, Tensor]:
     """Fake-quantizes ``blocks`` whose last dimension is one MX block.
 
-    ``exponent_bits`` and ``mantissa_bits`` must broadcast against ``blocks``. Returns the
-    fake-quantized blocks and the shared scales (last dimension of size 1; not differentiable).
+    ``exponent_bits`` and ``mantissa_bits`` must broadcast against ``blocks`` with size 1 along
+    its last dimension: one format per block at the finest. Returns the fake-quantized blocks and
+    the shared scales (last dimension of size 1; not differentiable).
     """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"Unknown scale_rule {scale_rule!r}; choose one of {SCALE_RULES}.")
+    for name, width in (("exponent_bits", exponent_bits), ("mantissa_bits", mantissa_bits)):
+        if width.dim() and width.shape[-1] != 1:
+            raise ValueError(
+                f"{name} has shape {tuple(width.shape)}: a width tensor must have size 1 along "
+                f"the block dimension (the last), since a block shares one format.")
     return _MXQuantizeBlocks.apply(blocks, exponent_bits, mantissa_bits, scale_rule)
 
 

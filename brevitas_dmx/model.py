@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 import math
 from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
+import weakref
 
 from brevitas.proxy.quant_proxy import QuantProxyFromInjector
 import torch
@@ -146,7 +147,8 @@ def _modules_outside_quantizers(model: nn.Module) -> Iterator[Tuple[str, nn.Modu
         stack.extend(reversed(children))
 
 
-_PROXY_TYPES: Dict[type, bool] = {}
+# weak keys: torch.fx and parametrizations make a class per module instance
+_PROXY_TYPES: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
 
 
 def _is_proxy_type(cls: type) -> bool:

@@ -262,6 +262,12 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         mx_fake_quantize(torch.randn(4, 64), **args)
 
 
+def test_widths_varying_within_a_block_are_refused():
+    blocks = torch.randn(4, 2, 32)
+    with pytest.raises(ValueError, match="exponent_bits has shape \\(32,\\).*size 1 along"):
+        mx_quantize_blocks(blocks, torch.full((32,), 3.0), torch.tensor(2.0))
+
+
 @pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
 @pytest.mark.parametrize("widths", [(2.3, 1.3), (3.6, 2.6), (4.4, 2.2), (2.0 + 1e-3, 2.9)])
 def test_custom_backward_matches_autograd_reference(widths, scale_rule):
