@@ -179,8 +179,9 @@ class WeightReuse:
         in an earlier micro-batch but not in the last (its weight's format gradient would be
         lost), then forgets the step."""
         layers = self._pending_layers()
-        pending = [name for name, m in model.named_modules() if m in layers]
         self.clear()
+        # the walk for names only when some layer is pending, not at every optimizer step
+        pending = [name for name, m in model.named_modules() if m in layers] if layers else []
         if pending:
             raise RuntimeError(
                 f"dMX layers {pending} ran in a micro-batch of this step but not in its last: "

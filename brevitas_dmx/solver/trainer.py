@@ -152,6 +152,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
         self.optimizer_name = optimizer_name
         self.momentum = momentum
         self.reuse_quantized_weights = reuse_quantized_weights
+        self._weight_reuse = None  # the WeightReuse while train() shares the weight work
         if self.is_fsdp_enabled:
             self._keep_offsets_out_of_fsdp(offsets)
 
@@ -224,7 +225,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             not sharded)
 
     def training_step(self, model, inputs, *args, **kwargs):
-        reuse = getattr(self, "_weight_reuse", None)
+        reuse = self._weight_reuse
         if reuse is None:
             return super().training_step(model, inputs, *args, **kwargs)
         # sync_gradients: set by the Trainer before each micro-batch, True on a step's last
