@@ -226,11 +226,37 @@ def _sums_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out,
     return _format_sums(*rounding, rounding[3] == 0, scale, grad_out, shape)
 
 
+def _linear_forward_elements(xb, wb, bias, const_x, const_w, rule_x, rule_w):
+    """A quantized Linear layer's forward in one kernel call, from its input ``xb`` (rows,
+    blocks, block) and weight ``wb`` (outputs, blocks, block) in blocks of its features: the
+    output and the two block scales."""
+    xq, scale_x = _forward_elements(xb, *const_x, rule_x)
+    wq, scale_w = _forward_elements(wb, *const_w, rule_w)
+    return torch.nn.functional.linear(xq.flatten(-2), wq.flatten(-2), bias), scale_x, scale_w
+
+
+def _linear_backward_elements(xb, wb, const_x, const_w, scale_x, scale_w, grad_out):
+    """The backward of ``_linear_forward_elements`` with a frozen weight, in one kernel call:
+    the input gradient (in blocks) and the three sums of each tensor's format gradient. The
+    quantized input and weight are recomputed from the scales, not kept: d loss / d (quantized
+    weight), a weight-sized product, lives only inside the call."""
+    _, max_normal, min_normal, step_factor = const_x
+    rounded_x = _round_elements(xb, max_normal, min_normal, step_factor, scale_x)[1]
+    xq = torch.clamp(rounded_x, -max_normal, max_normal) * scale_x
+    grad_wq = grad_out.t().mm(xq.flatten(-2).to(grad_out.dtype))
+    wq, *sums_w = _values_backward_elements(wb, *const_w[1:], scale_w, grad_wq.view(wb.shape), ())
+    grad_xq = grad_out.mm(wq.flatten(-2).to(grad_out.dtype))
+    grad_xb, *sums_x = _backward_elements(xb, *const_x[1:], scale_x, grad_xq.view(xb.shape), ())
+    return grad_xb, sums_x, sums_w
+
+
 _EAGER = {
     "forward": _forward_elements,
     "backward": _backward_elements,
     "values_backward": _values_backward_elements,
     "sums": _sums_elements,
+    "linear_forward": _linear_forward_elements,
+    "linear_backward": _linear_backward_elements,
 }
 _KERNELS = dict(_EAGER)
 
@@ -261,6 +287,20 @@ def sums_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shap
     autograd."""
     _, max_normal, min_normal, step_factor = constants
     return _KERNELS["sums"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def linear_forward_kernel(xb, wb, bias, const_x, const_w, rule_x, rule_w):
+    """A Linear layer's fake-quantized forward from its input (rows, blocks, block) and weight
+    (outputs, blocks, block): output and the two block scales; no autograd. One call, so one
+    dispatch: on a slow host a call into a compiled kernel costs more than a small layer's
+    element work."""
+    return _KERNELS["linear_forward"](xb, wb, bias, const_x, const_w, rule_x, rule_w)
+
+
+def linear_backward_kernel(xb, wb, const_x, const_w, scale_x, scale_w, grad_out):
+    """Input gradient (in blocks) and the three sums of the input's and of the weight's format
+    gradient (scalar formats), for ``grad_out`` of shape (rows, outputs); no autograd."""
+    return _KERNELS["linear_backward"](xb, wb, const_x, const_w, scale_x, scale_w, grad_out)
 
 
 _COMPILED = {}

@@ -122,3 +122,56 @@ def test_weight_grad_tokens_covering_every_row_is_exact():
 def test_set_weight_grad_tokens_rejects_non_positive_integers(tokens):
     with pytest.raises(ValueError, match="positive integer"):
         set_weight_grad_tokens(DMXQuantLinear(32, 8, weight_quant=DMXFloatWeight), tokens)
+
+
+@pytest.fixture
+def compiled_kernels():
+    from brevitas_dmx import functional
+    functional.enable_compile(True)
+    yield
+    functional.enable_compile(False)
+
+
+def _step(layer, x):
+    """(output, input grad, offset grads) of one training step of ``layer``."""
+    for offset in dmx.dmx_offsets(layer):
+        offset.raw_offset.grad = None
+    xx = x.clone().requires_grad_(True)
+    y = layer(xx)
+    y.pow(2).sum().backward()
+    return y.detach(), xx.grad, [o.raw_offset.grad.clone() for o in dmx.dmx_offsets(layer)]
+
+
+def test_compiled_step_matches_the_eager_one(compiled_kernels):
+    from brevitas_dmx import functional
+    _, fused = _pair(True, DMXFloatWeight, DMXFloatAct, 1.3)
+    x = torch.randn(3, 5, 96) * torch.logspace(-3, 2, 96)
+    compiled = _step(fused, x)
+    functional.enable_compile(False)
+    eager = _step(fused, x)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+    for got, want in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_step_compiles_once_for_every_weight_shape(compiled_kernels):
+    # the weights are parameters, whose shapes torch.compile would keep static: a kernel per
+    # layer shape (and guards on requires_grad), and past its cache limit would run eager
+    # kernels. A bias, present or not, is a graph of its own.
+    _, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.3)
+    _step(fused, torch.randn(3, 5, 96))
+    others = [
+        DMXQuantLinear(
+            features,
+            outputs,
+            bias=False,
+            weight_quant=DMXFloatWeight,
+            input_quant=DMXFloatAct,
+            return_quant_tensor=False) for features, outputs in ((160, 72), (64, 24))
+    ]
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for layer, rows in zip(others, (11, 7)):
+            dmx.train_only_offsets(layer)
+            _step(layer.train(), torch.randn(2, rows, layer.in_features))
+        fused(torch.randn(4, 96)).sum().backward()  # an input that requires no grad

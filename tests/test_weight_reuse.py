@@ -92,13 +92,13 @@ def test_nothing_is_held_after_the_step():
 
 def test_a_step_of_one_micro_batch_shares_nothing(monkeypatch):
     model = _model()
-    values = _count_calls(monkeypatch, "values_backward_kernel")
+    fused = _count_calls(monkeypatch, "linear_backward_kernel")  # the unshared backward
     ids = MICRO_BATCHES[0]
     with dmx.reusing_quantized_weights(model) as reuse:
         assert reuse.last
         model(input_ids=ids, labels=ids).loss.backward()
         assert not reuse._shared
-    assert len(values) == sum(isinstance(m, linear.DMXQuantLinear) for m in model.modules())
+    assert len(fused) == sum(isinstance(m, linear.DMXQuantLinear) for m in model.modules())
 
 
 def test_a_format_change_within_a_step_is_refused():
@@ -218,10 +218,10 @@ def test_trainer_accumulating_two_micro_batches_follows_the_batch_of_both(tmp_pa
 
 def test_trainer_recomputes_the_weights_in_every_micro_batch_when_told(tmp_path, monkeypatch):
     sums = _count_calls(monkeypatch, "sums_kernel")
-    values = _count_calls(monkeypatch, "values_backward_kernel")
+    fused = _count_calls(monkeypatch, "linear_backward_kernel")  # the unshared backward
     _trained_offsets(tmp_path, batch_size=2, accumulation=2, reuse=False)
     layers = sum(isinstance(m, linear.DMXQuantLinear) for m in _model().modules())
-    assert len(values) == 2 * 2 * layers and not sums
+    assert len(fused) == 2 * 2 * layers and not sums
 
 
 def test_trainer_shares_only_when_accumulating_and_not_under_fsdp(tmp_path):

@@ -12,6 +12,11 @@ rounding is done once per pass (``values_backward`` gives the quantized weight a
 together); only the input's is done twice in backward. Outputs equal ``qnn.QuantLinear``'s
 exactly; gradients equal them up to the order of float sums in the matrix products.
 
+Each pass is one call into the element kernels (``linear_forward_kernel``,
+``linear_backward_kernel``: both quantizers and the products), where it can be: compiled, a call
+costs ~0.2 ms of dispatch and guard checks on a slow host, which at 256 tokens was more than a
+small layer's element work. Sampled rows and shared weights (below) take the same steps in parts.
+
 The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
 float step (frozen weights) does not have: 1.5x the float step's products at the least. With
 ``weight_grad_tokens`` set (an experiment, not a recommended setting), that product runs over a
@@ -49,6 +54,8 @@ import torch.nn.functional as F
 from brevitas_dmx.functional import backward_kernel
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
+from brevitas_dmx.functional import linear_backward_kernel
+from brevitas_dmx.functional import linear_forward_kernel
 from brevitas_dmx.functional import sums_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
@@ -189,6 +196,17 @@ class WeightReuse:
                 f"(--dmx-recompute-weights, DMXTrainer(reuse_quantized_weights=False)).")
 
 
+def _kernel_operands(x: Tensor, weight: Tensor, group: int):
+    """``x`` (as rows) and ``weight`` in blocks of ``group`` features, as the compiled layer
+    kernels take them: already in blocks, requiring no grad, and detached from the tensors they
+    view. torch.compile keeps a parameter's shape static and guards on ``requires_grad``: as they
+    are, they would compile a kernel for every weight shape and for inputs with and without grad
+    (and past its cache limit run them eagerly). Unflattened inside, ``group`` would be a symbol,
+    whose blocks compile to slower loops; and views make every call check their bases."""
+    rows = x.reshape(-1, x.shape[-1] // group, group).detach()
+    return rows, weight.unflatten(-1, (-1, group)).detach()
+
+
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
@@ -209,20 +227,24 @@ class _DMXLinear(torch.autograd.Function):
             shared):
         # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
         # None to compute them here. shared: a _SharedWeight under gradient accumulation.
-        xb = x.unflatten(-1, (-1, group))
-        wb = weight.unflatten(-1, (-1, group))
         if batched is None:
             batched = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
         const_x, const_w, jacobian = batched
         jacobian = () if jacobian is None else (jacobian,)
-        xq, scale_x = forward_kernel(xb, const_x, rule_x)
-        if shared is not None and shared.values is not None:
-            wq, scale_w = shared.values, shared.scale
+        if shared is None and e_x.dim() == m_x.dim() == 0:
+            # one kernel call for both quantizers and the product, over the rows of x
+            out, scale_x, scale_w = linear_forward_kernel(
+                *_kernel_operands(x, weight, group), bias, const_x, const_w, rule_x, rule_w)
+            out = out.view(*x.shape[:-1], out.shape[-1])
+            scale_x = scale_x.view(*x.shape[:-1], *scale_x.shape[-2:])
         else:
-            wq, scale_w = forward_kernel(wb, const_w, rule_w)
-            if shared is not None:
+            xq, scale_x = forward_kernel(x.unflatten(-1, (-1, group)), const_x, rule_x)
+            if shared.values is not None:
+                wq, scale_w = shared.values, shared.scale
+            else:
+                wq, scale_w = forward_kernel(weight.unflatten(-1, (-1, group)), const_w, rule_w)
                 shared.values, shared.scale = wq, scale_w
-        out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
+            out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
         ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
@@ -239,37 +261,44 @@ class _DMXLinear(torch.autograd.Function):
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
-        xb = x.unflatten(-1, (-1, group))
-        wb = weight.unflatten(-1, (-1, group))
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
         # d loss / d (quantized weight) = grad^T @ quantized input, over a sample of the rows
         stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
-        x_rows = xb.reshape(-1, *xb.shape[-2:])
-        if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
-            x_rows = x_rows[start::stride].contiguous()
-        xq, _ = forward_kernel(x_rows, const_x, rule_x)
         shared, wq, last = ctx.shared or (None, None, None)
         ctx.shared = None
-        grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
-        del xq, x_rows
-        shape_w = width_shape(e_w, m_w)
-        if shared is None:
-            wq, *sums_w = values_backward_kernel(
-                wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
-        else:  # the step's quantized weight; the sums over the gradient summed so far, once
-            sums_w = None
-            if last:  # linear in the gradient: a layer run twice sums in two parts, exactly
-                sums_w = sums_kernel(
-                    wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
-                shared.values = shared.scale = shared.grad = None
-        del grad_wq
+        shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
         grad_x = grad_e_x = grad_m_x = None
-        if need_x or need_fx:
-            grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
-            shape_x = width_shape(e_x, m_x)
-            grad_xb, *sums_x = backward_kernel(
-                xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
-            grad_x = grad_xb.flatten(-2) if need_x else None
+        if shared is None and stride == 1 and jacobian and need_fx:
+            # the common case: one kernel call (scalar formats: the Jacobians exist)
+            scale_rows = scale_x.view(-1, *scale_x.shape[-2:]).detach()
+            grad_x, sums_x, sums_w = linear_backward_kernel(
+                *_kernel_operands(x, weight, group), const_x, const_w, scale_rows, scale_w,
+                grad_2d.contiguous().detach())  # contiguous: a stride-0 gradient recompiles
+            grad_x = grad_x.view(x.shape) if need_x else None
+        else:
+            xb = x.unflatten(-1, (-1, group))
+            wb = weight.unflatten(-1, (-1, group))
+            x_rows = xb.reshape(-1, *xb.shape[-2:])
+            if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
+                x_rows = x_rows[start::stride].contiguous()
+            xq, _ = forward_kernel(x_rows, const_x, rule_x)
+            grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
+            del xq, x_rows
+            if shared is None:
+                wq, *sums_w = values_backward_kernel(
+                    wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+            else:  # the step's quantized weight; the sums over the gradient summed so far, once
+                sums_w = None
+                if last:  # linear in the gradient: a layer run twice sums in two parts, exactly
+                    sums_w = sums_kernel(
+                        wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+                    shared.values = shared.scale = shared.grad = None
+            del grad_wq
+            if need_x or need_fx:
+                grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
+                grad_xb, *sums_x = backward_kernel(
+                    xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
+                grad_x = grad_xb.flatten(-2) if need_x else None
         grad_e_w = grad_m_w = None
         need_fw = need_fw and sums_w is not None  # else the weight's sums wait for the last
         if jacobian and need_fx and need_fw:
