@@ -57,11 +57,17 @@ def main():
         }
 
     flat_x, flat_w = x.flatten(-2), weight.flatten(-2)
-    matmul = best_seconds(lambda: flat_x @ flat_w.t(), args.repeats)
+    grad_out = torch.randn(args.tokens, args.out_features)
+    products = {
+        "forward (x @ w^T)": lambda: flat_x @ flat_w.t(),
+        "input gradient (g @ w)": lambda: grad_out @ flat_w,
+        "weight gradient, dMX's third (g^T @ x)": lambda: grad_out.t() @ flat_x,
+    }
     print(
         f"weight {args.out_features}x{args.in_features}, {args.tokens} tokens, "
         f"{torch.get_num_threads()} thread(s), torch {torch.__version__}; ns per weight element")
-    print(f"one matrix product over the tokens: {matmul / n * 1e9:.2f}")
+    for name, product in products.items():
+        print(f"matrix product, {name}: {best_seconds(product, args.repeats) / n * 1e9:.2f}")
     print("| kernel | on | eager | compiled |")
     print("|---|---|---|---|")
     rows = []
