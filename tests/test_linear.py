@@ -127,9 +127,10 @@ def test_set_weight_grad_tokens_rejects_non_positive_integers(tokens):
 @pytest.fixture
 def compiled_kernels():
     from brevitas_dmx import functional
+    was_compiled = functional._KERNELS["forward"] is not functional._EAGER["forward"]
     functional.enable_compile(True)
     yield
-    functional.enable_compile(False)
+    functional.enable_compile(was_compiled)
 
 
 def _step(layer, x):
@@ -144,6 +145,8 @@ def _step(layer, x):
 
 def test_compiled_step_matches_the_eager_one(compiled_kernels):
     from brevitas_dmx import functional
+    assert functional._KERNELS["linear_forward"] is not functional._EAGER["linear_forward"]
+    assert functional._KERNELS["linear_backward"] is not functional._EAGER["linear_backward"]
     _, fused = _pair(True, DMXFloatWeight, DMXFloatAct, 1.3)
     x = torch.randn(3, 5, 96) * torch.logspace(-3, 2, 96)
     compiled = _step(fused, x)
@@ -156,22 +159,27 @@ def test_compiled_step_matches_the_eager_one(compiled_kernels):
 
 
 def test_compiled_step_compiles_once_for_every_weight_shape(compiled_kernels):
-    # the weights are parameters, whose shapes torch.compile would keep static: a kernel per
-    # layer shape (and guards on requires_grad), and past its cache limit would run eager
-    # kernels. A bias, present or not, is a graph of its own.
-    _, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.3)
-    _step(fused, torch.randn(3, 5, 96))
-    others = [
+    # Weights and biases are parameters, whose shapes torch.compile keeps static, and it guards
+    # on requires_grad: a kernel per layer shape and per input with or without grad, and past
+    # its cache limit eager kernels. The first layer has 2 blocks, the size of the pair of
+    # format constants (views of a pair, they tied it to the blocks). A bias, present or not,
+    # is a graph of its own.
+    layers = [
         DMXQuantLinear(
             features,
             outputs,
-            bias=False,
+            bias=True,
             weight_quant=DMXFloatWeight,
             input_quant=DMXFloatAct,
-            return_quant_tensor=False) for features, outputs in ((160, 72), (64, 24))
+            return_quant_tensor=False) for features, outputs in ((64, 40), (160, 72), (96, 24))
     ]
+    for layer in layers:
+        dmx.train_only_offsets(layer)
+        layer.train()
+    with dmx.batched_formats(layers[0]):  # the constants as the trainer gives them
+        _step(layers[0], torch.randn(3, 5, 64))
     with torch.compiler.set_stance("fail_on_recompile"):
-        for layer, rows in zip(others, (11, 7)):
-            dmx.train_only_offsets(layer)
-            _step(layer.train(), torch.randn(2, rows, layer.in_features))
-        fused(torch.randn(4, 96)).sum().backward()  # an input that requires no grad
+        for layer, rows in zip(layers[1:], (11, 7)):
+            with dmx.batched_formats(layer):
+                _step(layer, torch.randn(2, rows, layer.in_features))
+        layers[0](torch.randn(4, 64)).pow(2).sum().backward()  # an input that requires no grad

@@ -15,7 +15,8 @@ exactly; gradients equal them up to the order of float sums in the matrix produc
 Each pass is one call into the element kernels (``linear_forward_kernel``,
 ``linear_backward_kernel``: both quantizers and the products), where it can be: compiled, a call
 costs ~0.2 ms of dispatch and guard checks on a slow host, which at 256 tokens was more than a
-small layer's element work. Sampled rows and shared weights (below) take the same steps in parts.
+small layer's element work. Sampled rows and shared weights (below), formats that are not
+scalars, two scale rules and an input format without a gradient take the same steps in parts.
 
 The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
 float step (frozen weights) does not have: 1.5x the float step's products at the least. With
@@ -199,12 +200,20 @@ class WeightReuse:
 def _kernel_operands(x: Tensor, weight: Tensor, group: int):
     """``x`` (as rows) and ``weight`` in blocks of ``group`` features, as the compiled layer
     kernels take them: already in blocks, requiring no grad, and detached from the tensors they
-    view. torch.compile keeps a parameter's shape static and guards on ``requires_grad``: as they
-    are, they would compile a kernel for every weight shape and for inputs with and without grad
-    (and past its cache limit run them eagerly). Unflattened inside, ``group`` would be a symbol,
-    whose blocks compile to slower loops; and views make every call check their bases."""
-    rows = x.reshape(-1, x.shape[-1] // group, group).detach()
-    return rows, weight.unflatten(-1, (-1, group)).detach()
+    view (``_detached``). Unflattened inside the kernel, the blocks compiled to loops that index
+    through divisions, 2x slower (BENCHMARKS.md 5.8)."""
+    rows = x.reshape(-1, x.shape[-1] // group, group)
+    return _detached(rows, weight.unflatten(-1, (-1, group)))
+
+
+def _detached(*tensors):
+    """``tensors`` detached, or None where None, for a compiled kernel. torch.compile keeps a
+    parameter's shape static and guards on ``requires_grad``: passed as they are, a weight or a
+    bias would compile a kernel for every layer shape, and inputs with and without grad a kernel
+    each (past its cache limit Dynamo runs eagerly). A view would make every call check its base
+    and may tie its base's sizes to other operands' (the format constants are views of a
+    model-wide batch); a detached tensor has no base."""
+    return tuple(None if t is None else t.detach() for t in tensors)
 
 
 class _DMXLinear(torch.autograd.Function):
@@ -234,16 +243,18 @@ class _DMXLinear(torch.autograd.Function):
         if shared is None and e_x.dim() == m_x.dim() == 0:
             # one kernel call for both quantizers and the product, over the rows of x
             out, scale_x, scale_w = linear_forward_kernel(
-                *_kernel_operands(x, weight, group), bias, const_x, const_w, rule_x, rule_w)
+                *_kernel_operands(x, weight, group), *_detached(bias), _detached(*const_x),
+                _detached(*const_w), rule_x, rule_w)
             out = out.view(*x.shape[:-1], out.shape[-1])
             scale_x = scale_x.view(*x.shape[:-1], *scale_x.shape[-2:])
         else:
             xq, scale_x = forward_kernel(x.unflatten(-1, (-1, group)), const_x, rule_x)
-            if shared.values is not None:
+            if shared is not None and shared.values is not None:
                 wq, scale_w = shared.values, shared.scale
             else:
                 wq, scale_w = forward_kernel(weight.unflatten(-1, (-1, group)), const_w, rule_w)
-                shared.values, shared.scale = wq, scale_w
+                if shared is not None:
+                    shared.values, shared.scale = wq, scale_w
             out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
@@ -269,11 +280,12 @@ class _DMXLinear(torch.autograd.Function):
         shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
         grad_x = grad_e_x = grad_m_x = None
         if shared is None and stride == 1 and jacobian and need_fx:
-            # the common case: one kernel call (scalar formats: the Jacobians exist)
-            scale_rows = scale_x.view(-1, *scale_x.shape[-2:]).detach()
+            # the common case: one kernel call (the Jacobians exist where both formats are
+            # scalars with one scale rule); else the same steps in parts
             grad_x, sums_x, sums_w = linear_backward_kernel(
-                *_kernel_operands(x, weight, group), const_x, const_w, scale_rows, scale_w,
-                grad_2d.contiguous().detach())  # contiguous: a stride-0 gradient recompiles
+                *_kernel_operands(x, weight, group), _detached(*const_x), _detached(*const_w),
+                *_detached(scale_x.view(-1, *scale_x.shape[-2:]), scale_w),
+                *_detached(grad_2d.contiguous()))  # contiguous: a stride-0 gradient recompiles
             grad_x = grad_x.view(x.shape) if need_x else None
         else:
             xb = x.unflatten(-1, (-1, group))
