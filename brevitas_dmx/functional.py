@@ -75,12 +75,18 @@ def _scale_exponent_term(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
 
 
 def _block_scale(blocks: Tensor, max_exponent: Tensor, max_normal: Tensor, scale_rule: str):
-    """The shared power-of-two scale of each block (last dimension kept, of size 1)."""
+    """The shared scale of each block (last dimension kept, of size 1), in the constants' dtype.
+
+    The block's exponent is found in the blocks' own dtype, as Brevitas finds it: in bfloat16
+    ``log2`` rounds up for maxima just below a power of two, and the fixed formats must match
+    Brevitas's bit for bit. The scale is formed in the constants' (math) dtype: at a fractional
+    format ``2**(k - emax)`` is no bfloat16 number."""
     amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALING_MIN_VAL)
     if scale_rule == "floor":
-        scale_exponent = torch.floor(torch.log2(amax)) - max_exponent
+        scale_exponent = torch.floor(torch.log2(amax)).to(max_exponent.dtype) - max_exponent
     else:
-        scale_exponent = torch.ceil(torch.log2(amax / max_normal))
+        ratio = amax / max_normal.to(amax.dtype)
+        scale_exponent = torch.ceil(torch.log2(ratio)).to(max_normal.dtype)
     return torch.exp2(scale_exponent)
 
 
@@ -167,19 +173,40 @@ def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tens
 # ``enable_compile`` compiles. No autograd inside.
 
 
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the element arithmetic of ``dtype`` tensors runs in, and their format constants
+    come in: float32 for half-precision tensors, else their own.
+
+    A fractional format's grid (steps of ``2**-m`` for fractional ``m``) and block scales
+    (``2**(k - emax)`` for fractional ``emax``) are not bfloat16 numbers. Rounded to bfloat16,
+    they move the rounding errors whose sums, a small remainder of terms that cancel, make the
+    format gradient: a weight's error sum came out 140-230x its float32 value on the same
+    bfloat16 values (BENCHMARKS.md 5.8). At hardware formats every step and scale is a power of
+    two and the results are the same bits either way."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _in_math_dtype(t: Tensor) -> Tensor:
+    return t.to(math_dtype(t.dtype))
+
+
 def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule):
-    """Fake-quantized blocks and block scales."""
+    """Fake-quantized blocks, in the blocks' dtype, and block scales, in the math dtype (a
+    fractional format's scale is no power of two, so bfloat16 would round it)."""
+    dtype = blocks.dtype
     scale = _block_scale(blocks, max_exponent, max_normal, scale_rule)
+    blocks = _in_math_dtype(blocks)
     out = blocks / scale
     step, _ = _element_step(out, min_normal, step_factor)
     out = torch.round(out / step) * step
     out = torch.clamp(out, -max_normal, max_normal) * scale
-    return out, scale
+    return out.to(dtype), scale
 
 
 def _round_elements(blocks, max_normal, min_normal, step_factor, scale):
     """Scaled elements, their rounding (before saturation), the subnormal mask and the
-    saturation sign (+1 high, -1 low, 0 inside the range)."""
+    saturation sign (+1 high, -1 low, 0 inside the range), in the math dtype."""
+    blocks, scale = _in_math_dtype(blocks), _in_math_dtype(scale)
     scaled = blocks / scale
     step, subnormal = _element_step(scaled, min_normal, step_factor)
     rounded = torch.round(scaled / step) * step
@@ -217,7 +244,9 @@ def _values_backward_elements(blocks, max_normal, min_normal, step_factor, scale
     rounding = _round_elements(blocks, max_normal, min_normal, step_factor, scale)
     inside = rounding[3] == 0
     clamped = torch.clamp(rounding[1], -max_normal, max_normal)
-    return (clamped * scale, *_format_sums(*rounding, inside, scale, grad_out, shape))
+    return (
+        (clamped * scale).to(blocks.dtype),
+        *_format_sums(*rounding, inside, scale, grad_out, shape))
 
 
 def _sums_elements(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape):
@@ -335,18 +364,19 @@ class _MXQuantizeBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
-        e = exponent_bits.to(blocks.dtype)
-        m = mantissa_bits.to(blocks.dtype)
+        e = exponent_bits.to(math_dtype(blocks.dtype))
+        m = mantissa_bits.to(math_dtype(blocks.dtype))
         out, scale = forward_kernel(blocks, format_constants(e, m), scale_rule)
         ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
-        ctx.mark_non_differentiable(scale)
-        return out, scale
+        scale_out = scale.to(blocks.dtype)  # the caller's dtype; backward keeps the math dtype's
+        ctx.mark_non_differentiable(scale_out)
+        return out, scale_out
 
     @staticmethod
     def backward(ctx, grad_out, grad_scale):
         blocks, exponent_bits, mantissa_bits, scale = ctx.saved_tensors
-        dtype = blocks.dtype
+        dtype = math_dtype(blocks.dtype)
         shape = width_shape(exponent_bits, mantissa_bits)
         constants = format_constants(exponent_bits.to(dtype), mantissa_bits.to(dtype))
         grad_blocks, sum_error, sum_error_subnormal, sum_saturated = backward_kernel(

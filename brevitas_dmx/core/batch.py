@@ -29,6 +29,7 @@ from brevitas_dmx.core.offset import straight_through_offset
 from brevitas_dmx.core.offset import tempered_offset
 from brevitas_dmx.core.quant import DMXFloatQuant
 from brevitas_dmx.functional import format_constants
+from brevitas_dmx.functional import math_dtype
 from brevitas_dmx.functional import width_jacobian
 
 
@@ -130,8 +131,9 @@ class FormatBatch:
         self._constants, self._jacobian = {}, None
 
     def constants(self, k: int, dtype: torch.dtype) -> Tuple[Tensor, ...]:
-        """Quantizer ``k``'s ``format_constants`` in ``dtype`` (converted once per dtype for all
-        quantizers)."""
+        """Quantizer ``k``'s ``format_constants`` for tensors of ``dtype``, in its math dtype
+        (converted once per dtype for all quantizers)."""
+        dtype = math_dtype(dtype)
         if dtype not in self._constants:
             source = next(iter(self._constants.values()))
             self._constants[dtype] = tuple(c.to(dtype) for c in source)

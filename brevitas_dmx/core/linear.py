@@ -57,6 +57,7 @@ from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
 from brevitas_dmx.functional import linear_backward_kernel
 from brevitas_dmx.functional import linear_forward_kernel
+from brevitas_dmx.functional import math_dtype
 from brevitas_dmx.functional import sums_kernel
 from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
@@ -86,13 +87,14 @@ def _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w):
     of one dtype: on a GPU every scalar operation is a kernel launch, and launches, not element
     work, bound a step. Elementwise, so the values are those of two separate calls."""
     pairable = _pairable(e_x, m_x, e_w, m_w)
-    if x.dtype == weight.dtype and pairable:
+    dtype_x, dtype_w = math_dtype(x.dtype), math_dtype(weight.dtype)
+    if dtype_x == dtype_w and pairable:
         both = format_constants(
-            torch.stack((e_x, e_w)).to(x.dtype), torch.stack((m_x, m_w)).to(x.dtype))
+            torch.stack((e_x, e_w)).to(dtype_x), torch.stack((m_x, m_w)).to(dtype_x))
         const_x, const_w = tuple(c[0] for c in both), tuple(c[1] for c in both)
     else:
-        const_x = format_constants(e_x.to(x.dtype), m_x.to(x.dtype))
-        const_w = format_constants(e_w.to(weight.dtype), m_w.to(weight.dtype))
+        const_x = format_constants(e_x.to(dtype_x), m_x.to(dtype_x))
+        const_w = format_constants(e_w.to(dtype_w), m_w.to(dtype_w))
     jacobian = None
     if pairable and rule_x == rule_w:
         e = torch.stack((e_x, e_w)).detach().float()
