@@ -14,7 +14,6 @@ import random
 import resource
 import sys
 import time
-import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -250,11 +249,6 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             f"with rotations, GPTQ and evaluation: --custom-quantizer "
             f"examples/brevitas_dmx_plugin.py:dmx --fine-tune --custom-trainer "
             f"examples/brevitas_dmx_plugin.py:dmx --dmx_target_bits BITS (see the README).")
-    if args.dmx_method == "dmx" and args.dtype in ("float16", "bfloat16"):
-        warnings.warn(
-            f"--dtype {args.dtype}: the offsets' gradient in half precision was measured far "
-            f"from the float32 one (BENCHMARKS.md 5.8); train with --dtype float32 (or auto).",
-            stacklevel=2)
     ladder = LADDERS[args.dmx_ladder]
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale

@@ -248,23 +248,3 @@ def test_float_cache_is_not_used_for_other_windows(tiny_folder, text_file, tmp_p
     assert len(json.loads(cache.read_text())) == 2
     metrics = json.loads((tmp_path / "four" / "metrics.json").read_text())
     assert len(metrics["window_nll"]) == 4
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_training_is_warned_about(dtype):
-    from brevitas_dmx import llm
-    parser = llm.build_parser()
-    args = parser.parse_args(["--model", "x", "--dmx", "--dmx-target-bits", "6", "--dtype", dtype])
-    with pytest.warns(UserWarning, match="float32"):
-        llm.validate(parser, args)
-
-
-def test_float32_training_is_not_warned_about():
-    import warnings
-
-    from brevitas_dmx import llm
-    parser = llm.build_parser()
-    args = parser.parse_args(["--model", "x", "--dmx", "--dmx-target-bits", "6"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        llm.validate(parser, args)
