@@ -279,7 +279,6 @@ class _DMXLinear(torch.autograd.Function):
         stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
         shared, wq, last = ctx.shared or (None, None, None)
         ctx.shared = None
-        shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
         grad_x = grad_e_x = grad_m_x = None
         if shared is None and stride == 1 and jacobian and need_fx:
             # the common case: one kernel call (the Jacobians exist where both formats are
@@ -290,6 +289,8 @@ class _DMXLinear(torch.autograd.Function):
                 *_detached(grad_2d.contiguous()))  # contiguous: a stride-0 gradient recompiles
             grad_x = grad_x.view(x.shape) if need_x else None
         else:
+            # the format shapes, also for width_grads below (reached only from this branch)
+            shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
             xb = x.unflatten(-1, (-1, group))
             wb = weight.unflatten(-1, (-1, group))
             x_rows = xb.reshape(-1, *xb.shape[-2:])
