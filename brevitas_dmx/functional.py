@@ -190,9 +190,20 @@ def _in_math_dtype(t: Tensor) -> Tensor:
     return t.to(math_dtype(t.dtype))
 
 
+def _static_block(blocks: Tensor) -> None:
+    """Inside ``torch.compile``, specializes the kernel on the block size (the last dimension of
+    ``blocks``); the other dimensions stay dynamic. With the block size a symbol, as
+    ``dynamic=True`` makes every size, Inductor compiled the element loops with run-time bounds and
+    the blocks' scales in a serial loop: the weight's kernels took 1.2-1.5x the time
+    (BENCHMARKS.md 5.9). One block size per model, so one more guard and no recompilation."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.mark_static(blocks, blocks.dim() - 1)
+
+
 def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule):
     """Fake-quantized blocks, in the blocks' dtype, and block scales, in the math dtype (a
     fractional format's scale is no power of two, so bfloat16 would round it)."""
+    _static_block(blocks)
     dtype = blocks.dtype
     scale = _block_scale(blocks, max_exponent, max_normal, scale_rule)
     blocks = _in_math_dtype(blocks)
@@ -206,6 +217,7 @@ def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor,
 def _round_elements(blocks, max_normal, min_normal, step_factor, scale):
     """Scaled elements, their rounding (before saturation), the subnormal mask and the
     saturation sign (+1 high, -1 low, 0 inside the range), in the math dtype."""
+    _static_block(blocks)
     blocks, scale = _in_math_dtype(blocks), _in_math_dtype(scale)
     scaled = blocks / scale
     step, subnormal = _element_step(scaled, min_normal, step_factor)

@@ -413,3 +413,27 @@ def test_bfloat16_format_sums_equal_the_float32_ones_on_the_same_values():
         sums[dtype] = functional.values_backward_kernel(x, constants, scale, grad.to(dtype), ())[1:]
     for got, want in zip(sums[torch.bfloat16], sums[torch.float32]):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", ["forward", "values_backward"])
+def test_compiled_kernels_keep_only_the_block_size_static(kernel):
+    # The block size is compiled in (loops of known length, and the scales computed in
+    # parallel: BENCHMARKS.md 5.9); the other sizes stay dynamic, so layers and batches of any
+    # shape share one compiled kernel. A fresh function: the module's kernels may already hold
+    # graphs for other block sizes from other tests.
+    from brevitas_dmx import functional
+    constants = functional.format_constants(torch.tensor(3.3), torch.tensor(2.2))
+
+    def call(blocks):
+        if kernel == "forward":
+            return functional._forward_elements(blocks, *constants, "floor")
+        _, scale = functional._forward_elements(blocks, *constants, "floor")
+        return functional._values_backward_elements(
+            blocks, *constants[1:], scale, torch.ones_like(blocks), ())
+
+    compiled = torch.compile(call, dynamic=True)
+    compiled(torch.randn(8, 4, 32))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled(torch.randn(5, 7, 32))
+        with pytest.raises(RuntimeError, match="recompile"):
+            compiled(torch.randn(5, 7, 16))
