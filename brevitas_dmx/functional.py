@@ -196,7 +196,7 @@ def _static_block(blocks: Tensor) -> None:
     ``dynamic=True`` makes every size, Inductor compiled the element loops with run-time bounds and
     the blocks' scales in a serial loop: the weight's kernels took 1.2-1.5x the time
     (BENCHMARKS.md 5.9). One block size per model, so one more guard and no recompilation."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():  # not in torch.export's non-strict tracing
         torch._dynamo.mark_static(blocks, blocks.dim() - 1)
 
 
