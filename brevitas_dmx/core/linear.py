@@ -241,12 +241,14 @@ class _DMXLinear(torch.autograd.Function):
         if batched is None:
             batched = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
         const_x, const_w, jacobian = batched
+        # detached once, here: backward gets them from the saved tensors as they are
+        const_x, const_w = _detached(*const_x), _detached(*const_w)
         jacobian = () if jacobian is None else (jacobian,)
         if shared is None and e_x.dim() == m_x.dim() == 0:
             # one kernel call for both quantizers and the product, over the rows of x
             out, scale_x, scale_w = linear_forward_kernel(
-                *_kernel_operands(x, weight, group), *_detached(bias), _detached(*const_x),
-                _detached(*const_w), rule_x, rule_w)
+                *_kernel_operands(x, weight, group), *_detached(bias), const_x, const_w, rule_x,
+                rule_w)
             out = out.view(*x.shape[:-1], out.shape[-1])
             scale_x = scale_x.view(*x.shape[:-1], *scale_x.shape[-2:])
         else:
@@ -284,7 +286,7 @@ class _DMXLinear(torch.autograd.Function):
             # the common case: one kernel call (the Jacobians exist where both formats are
             # scalars with one scale rule); else the same steps in parts
             grad_x, sums_x, sums_w = linear_backward_kernel(
-                *_kernel_operands(x, weight, group), _detached(*const_x), _detached(*const_w),
+                *_kernel_operands(x, weight, group), const_x, const_w,
                 *_detached(scale_x.view(-1, *scale_x.shape[-2:]), scale_w),
                 *_detached(grad_2d.contiguous()))  # contiguous: a stride-0 gradient recompiles
             grad_x = grad_x.view(x.shape) if need_x else None
