@@ -75,6 +75,17 @@ def quantize_tiny_llama(weight_quant, input_quant, seed: int = 0):
 
 
 @pytest.fixture
+def compiled_kernels():
+    """The torch.compile'd element kernels for the test; the state found is restored after
+    (a test may switch to eager inside, to compare)."""
+    from brevitas_dmx import functional
+    was_compiled = functional._KERNELS["forward"] is not functional._EAGER["forward"]
+    functional.enable_compile(True)
+    yield
+    functional.enable_compile(was_compiled)
+
+
+@pytest.fixture
 def ignore_missing_keys():
     previous = config.IGNORE_MISSING_KEYS
     config.IGNORE_MISSING_KEYS = True

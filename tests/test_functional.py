@@ -359,7 +359,7 @@ def test_custom_backward_saves_only_the_input_and_block_scales():
     assert len(big) == 1 and big[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
 
 
-def test_compiled_kernels_match_eager():
+def test_compiled_kernels_match_eager(compiled_kernels):
     # --dmx-compile swaps in torch.compile'd kernels: the same values at hardware formats, and
     # the same gradient sums up to the order of float additions.
     from brevitas_dmx import functional
@@ -378,13 +378,10 @@ def test_compiled_kernels_match_eager():
             results.append((out, scale, sums))
         return results
 
+    assert functional._KERNELS["forward"] is not functional._EAGER["forward"]
+    compiled = run()
+    functional.enable_compile(False)
     eager = run()
-    try:
-        functional.enable_compile(True)
-        assert functional._KERNELS["forward"] is not functional._EAGER["forward"]
-        compiled = run()
-    finally:
-        functional.enable_compile(False)
     for (_, _, exact), (out, scale, sums), (out_c, scale_c, sums_c) in zip(cases, eager, compiled):
         assert torch.equal(scale, scale_c)
         if exact:
@@ -454,7 +451,7 @@ def test_strict_export_keeps_a_block_dimension_declared_dynamic():
     assert torch.equal(program.module()(small), Quantize()(small))
 
 
-def test_compiled_bfloat16_kernels_find_the_eager_block_scales():
+def test_compiled_bfloat16_kernels_find_the_eager_block_scales(compiled_kernels):
     # eager bfloat16 rounds log2 of a block maximum just below a power of two up, as Brevitas
     # does; compiled code kept it in float32 and found ~0.6 % of the scales one power lower
     from brevitas_dmx import functional
@@ -462,12 +459,8 @@ def test_compiled_bfloat16_kernels_find_the_eager_block_scales():
     blocks = torch.randn(64, 16, 32) * torch.exp2(torch.randint(-6, 6, (64, 16, 1)).float())
     blocks = blocks.bfloat16()
     constants = functional.format_constants(torch.tensor(4.0), torch.tensor(3.0))
+    compiled = functional.forward_kernel(blocks, constants, "floor")
+    functional.enable_compile(False)
     eager = functional.forward_kernel(blocks, constants, "floor")
-    was_compiled = functional._KERNELS["forward"] is not functional._EAGER["forward"]
-    try:
-        functional.enable_compile(True)
-        compiled = functional.forward_kernel(blocks, constants, "floor")
-    finally:
-        functional.enable_compile(was_compiled)
     assert torch.equal(compiled[1], eager[1])
     assert torch.equal(compiled[0], eager[0])

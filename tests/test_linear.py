@@ -124,15 +124,6 @@ def test_set_weight_grad_tokens_rejects_non_positive_integers(tokens):
         set_weight_grad_tokens(DMXQuantLinear(32, 8, weight_quant=DMXFloatWeight), tokens)
 
 
-@pytest.fixture
-def compiled_kernels():
-    from brevitas_dmx import functional
-    was_compiled = functional._KERNELS["forward"] is not functional._EAGER["forward"]
-    functional.enable_compile(True)
-    yield
-    functional.enable_compile(was_compiled)
-
-
 def _step(layer, x):
     """(output, input grad, offset grads) of one training step of ``layer``."""
     for offset in dmx.dmx_offsets(layer):
