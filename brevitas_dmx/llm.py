@@ -116,7 +116,11 @@ def build_parser():
         default=None,
         help="JSON file that keeps the float model's NLL on each evaluation window: reused when "
         "the model, dtype, device and windows match (a sweep evaluates the float model once).")
-    group.add_argument("--dmx-ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
+    group.add_argument(
+        "--dmx-ladder",
+        choices=sorted(LADDERS),
+        default="mxfp8-mxfp4",
+        help="The formats a layer can end in, low to high (%(default)s).")
     group.add_argument("--dmx-lambda", type=float, default=5.0, help="Penalty weight (5).")
     group.add_argument(
         "--dmx-regularizer",
@@ -124,7 +128,11 @@ def build_parser():
         default="target",
         help="target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).")
     group.add_argument("--dmx-lr", type=float, default=1.0, help="Offset learning rate (1.0).")
-    group.add_argument("--dmx-optimizer", choices=OPTIMIZERS, default="sgd")
+    group.add_argument(
+        "--dmx-optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="sgd: momentum 0.99, Nesterov, as the paper (%(default)s).")
     group.add_argument("--dmx-steps", type=int, default=400, help="Training steps (400).")
     group.add_argument(
         "--dmx-batch-size", type=int, default=8, help="Samples per forward pass (8).")
@@ -139,9 +147,22 @@ def build_parser():
         action="store_true",
         help="With --dmx-grad-accum, quantize the weights again in every micro-batch instead of "
         "holding two weight-sized tensors per layer through each step (slower, less memory).")
-    group.add_argument("--dmx-temp-start", type=float, default=0.4)
-    group.add_argument("--dmx-temp-end", type=float, default=20.0)
-    group.add_argument("--dmx-temp-delay", type=float, default=0.6)
+    group.add_argument(
+        "--dmx-temp-start",
+        type=float,
+        default=0.4,
+        help="Temperature of the offsets' sigmoid while it is held (%(default)s).")
+    group.add_argument(
+        "--dmx-temp-end",
+        type=float,
+        default=20.0,
+        help="Temperature at the last step, where every layer sits on a format (%(default)s).")
+    group.add_argument(
+        "--dmx-temp-delay",
+        type=float,
+        default=0.6,
+        help="Share of the steps at the start temperature before it grows exponentially "
+        "(%(default)s).")
     group.add_argument(
         "--dmx-average",
         choices=WEIGHTINGS,
@@ -157,7 +178,12 @@ def build_parser():
         choices=TIE_CHOICES,
         default="none",
         help="Layers a deployment fuses share one format.")
-    group.add_argument("--dmx-scale-rule", choices=("floor", "nonclip"), default="floor")
+    group.add_argument(
+        "--dmx-scale-rule",
+        choices=("floor", "nonclip"),
+        default="floor",
+        help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
+        "the block maximum unsaturated (%(default)s).")
     group.add_argument(
         "--dmx-compile",
         action="store_true",
@@ -180,7 +206,11 @@ def build_parser():
         type=float,
         default=0.4,
         help="Share of the text (by characters, at its end) held out (0.4).")
-    group.add_argument("--dmx-eval-batch-size", type=int, default=4)
+    group.add_argument(
+        "--dmx-eval-batch-size",
+        type=int,
+        default=4,
+        help="Evaluation windows per forward pass (%(default)s).")
     group.add_argument(
         "--dmx-eval-tasks",
         default=None,
@@ -257,8 +287,7 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
         if method != "dmx":
             raise UsageError(
                 f"--dmx-format-map applies a map by itself: drop --dmx-method {method}")
-        if not os.path.isfile(args.dmx_format_map):
-            raise UsageError(f"--dmx-format-map {args.dmx_format_map!r}: no such file")
+        read_format_map(args.dmx_format_map)  # its formats, before the model is loaded
         method = "map"
     if method == "uniform":
         if args.dmx_format is None:
@@ -492,6 +521,42 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
     return nll
 
 
+def read_format_map(path: str) -> Dict:
+    """The format map in the JSON file ``path`` (``--dmx-format-map``), its format names and
+    keys checked; a ``UsageError`` that names the flag where the file is missing, not JSON or
+    not a format map."""
+    from brevitas_dmx.model import check_format_map
+    flag = f"--dmx-format-map {path!r}"
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag}: no such file")
+    try:
+        with open(path) as f:
+            mapping = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{flag} is not a JSON file: {err}") from None
+    try:
+        check_format_map(mapping)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None
+    return mapping
+
+
+def _check_map_layers(args, model: nn.Module) -> None:
+    """Raises a ``UsageError`` naming the layers of ``--dmx-format-map`` that the loaded model
+    will not quantize, before its float perplexity is measured."""
+    quantized = {
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (args.quantize_last_layer or name != "lm_head")
+    }
+    unknown = [name for name in read_format_map(args.dmx_format_map) if name not in quantized]
+    if unknown:
+        examples = ", ".join(sorted(quantized)[:3]) or "none"
+        raise UsageError(
+            f"--dmx-format-map {args.dmx_format_map!r} names layers that {args.model} does not "
+            f"quantize: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} (its layers are e.g. "
+            f"{examples})")
+
+
 def _preset_map(args, layer_names: List[str]) -> Dict:
     """The format map of the methods that do not search: uniform, mlp8, a map file."""
     from brevitas_dmx.baselines import mlp_high_map
@@ -501,8 +566,7 @@ def _preset_map(args, layer_names: List[str]) -> Dict:
         return {name: element_format(args.dmx_format).name for name in layer_names}
     if method == "mlp8":
         return mlp_high_map(layer_names, ladder.formats[0].name, ladder.formats[-1].name)
-    with open(args.dmx_format_map) as f:
-        return json.load(f)
+    return read_format_map(args.dmx_format_map)
 
 
 def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
@@ -596,6 +660,8 @@ def run_dmx(args) -> Dict:
 
     print(f"[dMX] model: {args.model}")
     model = load_model(args.model, args.dtype).to(device)
+    if method == "map":
+        _check_map_layers(args, model)
     metrics = {
         "model": args.model,
         "dataset": args.dataset,
@@ -766,7 +832,6 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
     deployed = _deploy(args, model, metrics) if fmap is not None else []
     with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
-    written = [METRICS_FILE] + deployed
     if fmap is not None:
         with open(os.path.join(out_dir, "format_map.json"), "w") as f:
             json.dump(fmap, f, indent=1)
@@ -776,12 +841,22 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
             os.path.join(out_dir, "bits_per_layer.png"),
             f"{args.model}: {metrics['method']}{target} ({args.dmx_average})")
         print(format_table(fmap))
-        written += ["format_map.json", "bits_per_layer.png"]
     results = args.dmx_results or os.path.join(out_dir, "results.jsonl")
     append_result(results, metrics, args)
     print(_summary(metrics))
-    print(f"[dMX] wrote {out_dir}: {', '.join(written)}; appended to {results}")
+    print(f"[dMX] {_written_summary(out_dir, deployed)}; appended to {results}")
     return metrics
+
+
+def _written_summary(out_dir: str, deployed: List[str]) -> str:
+    """What the output folder holds now (the checkpoints and the offsets too), and the paths
+    of ``--dmx-save-pretrained`` and ``--dmx-export-qonnx`` outside it."""
+    held = sorted(
+        entry + ("/" if os.path.isdir(os.path.join(out_dir, entry)) else "")
+        for entry in os.listdir(out_dir))
+    folder = os.path.abspath(out_dir)
+    outside = [path for path in deployed if not os.path.abspath(path).startswith(folder + os.sep)]
+    return f"output folder {out_dir}: {', '.join(held)}" + "".join(f"; wrote {p}" for p in outside)
 
 
 def _source_train_steps(run_dir: str) -> Optional[int]:

@@ -330,6 +330,10 @@ def write_report(output: str, average: str = HEADLINE, title: str = "") -> Tuple
     table = os.path.join(output, "pareto.md")
     with open(table, "w") as f:
         f.write(report_table(records, average) + "\n")
+        f.write(
+            "\nsearch (s): what finding the formats cost (dMX training, kl / fisher scoring), "
+            "the original time also where the scores came from the cache; total (s): the "
+            "point's own run.\n")
         comparisons = comparison_table(paired_comparisons(records))
         if comparisons:
             f.write(

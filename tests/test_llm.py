@@ -248,3 +248,12 @@ def test_float_cache_is_not_used_for_other_windows(tiny_folder, text_file, tmp_p
     assert len(json.loads(cache.read_text())) == 2
     metrics = json.loads((tmp_path / "four" / "metrics.json").read_text())
     assert len(metrics["window_nll"]) == 4
+
+
+def test_final_line_names_what_the_output_folder_holds(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "dmx_offsets.pt").write_bytes(b"")
+    (out / "qonnx").mkdir()
+    line = llm._written_summary(str(out), [str(tmp_path / "model"), str(out / "qonnx")])
+    assert line == f"output folder {out}: checkpoints/, dmx_offsets.pt, qonnx/; wrote {tmp_path}/model"

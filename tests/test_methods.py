@@ -165,6 +165,49 @@ def test_bad_method_input_fails_before_loading(
     assert err.startswith("brevitas_dmx_llm: error:") and re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "is not a JSON file"),
+        ('["e4m3"]', "maps layer names to formats"),
+        (
+            '{"model.layers.0.mlp.up_proj": "e9m9"}',
+            "model.layers.0.mlp.up_proj: Unknown MX element format"),
+        ('{"model.layers.0.mlp.up_proj": {"wieght": "e4m3"}}', "unknown key 'wieght'"),
+    ],
+)
+def test_bad_format_map_file_fails_before_loading(
+        content, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    path = tmp_path / "map.json"
+    path.write_text(content)
+    argv = [
+        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
+    ]
+    assert llm.main(argv + ["--dmx-format-map", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("brevitas_dmx_llm: error: --dmx-format-map") and message in err, err
+
+
+def test_format_map_of_unknown_layers_fails_before_the_float_evaluation(
+        tiny_folder, text_file, tmp_path, capsys, monkeypatch):
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the float model was evaluated before the map's layers were checked")
+
+    monkeypatch.setattr(llm, "_float_window_nll", refuse)
+    path = tmp_path / "map.json"
+    path.write_text(
+        json.dumps({
+            "model.layers.0.mlp.up_proj": "e4m3", "model.layers.9.mlp": "e4m3"
+        }))
+    argv = [
+        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
+    ]
+    assert llm.main(argv + ["--dmx-format-map", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "names layers that" in err and "['model.layers.9.mlp']" in err, err
+
+
 def test_deployment_flags_write_checkpoint_packed_weights_and_qonnx(
         tiny_folder, text_file, tmp_path):
     import brevitas_dmx as dmx
@@ -183,5 +226,6 @@ def test_deployment_flags_write_checkpoint_packed_weights_and_qonnx(
     assert dmx.format_map(reloaded) == formats(tmp_path / "run")
     assert metrics["packed_weight_bytes"] * 8 == pytest.approx(
         metrics["bits"]["memory_with_scales"] * sum(
-            m.weight.numel() for n, m in reloaded.named_modules() if n in formats(tmp_path / "run")))
+            m.weight.numel() for n, m in reloaded.named_modules() if n in formats(tmp_path / "run"))
+    )
     assert (tmp_path / "model.onnx").stat().st_size > 0
