@@ -14,7 +14,7 @@ import random
 import resource
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -463,7 +463,7 @@ def _sensitivity(args, model, calib, method: str):
     if cached is not None:
         print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
         return cached["scores"], cached["time_s"]
-    exclude = () if args.quantize_last_layer else ("lm_head",)
+    exclude = _excluded_layers(args)
     score = kl_sensitivity if method == "kl" else fisher_sensitivity
     start = time.perf_counter()
     scores = score(
@@ -541,16 +541,22 @@ def read_format_map(path: str) -> Dict:
     return mapping
 
 
-def _check_map_layers(args, model: nn.Module) -> None:
-    """Raises a ``UsageError`` naming the layers of ``--dmx-format-map`` that the loaded model
-    will not quantize, before its float perplexity is measured."""
-    quantized = {
-        name for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and (args.quantize_last_layer or name != "lm_head")
-    }
-    unknown = [name for name in read_format_map(args.dmx_format_map) if name not in quantized]
+def _excluded_layers(args) -> Tuple[str, ...]:
+    """The Linear layers a run leaves in float: the LM head unless --quantize-last-layer."""
+    return () if args.quantize_last_layer else ("lm_head",)
+
+
+def _check_map_layers(args, model: nn.Module, mapping: Dict) -> None:
+    """Raises a ``UsageError`` naming the layers of the ``--dmx-format-map`` file's ``mapping``
+    that the loaded model will not quantize, before its float perplexity is measured."""
+    from brevitas_dmx.baselines import linear_layers
+    try:
+        quantized = linear_layers(model, _excluded_layers(args))
+    except ValueError:
+        raise UsageError(f"--model {args.model}: no Linear layers to quantize") from None
+    unknown = [name for name in mapping if name not in quantized]
     if unknown:
-        examples = ", ".join(sorted(quantized)[:3]) or "none"
+        examples = ", ".join(sorted(quantized)[:3])
         raise UsageError(
             f"--dmx-format-map {args.dmx_format_map!r} names layers that {args.model} does not "
             f"quantize: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} (its layers are e.g. "
@@ -558,15 +564,13 @@ def _check_map_layers(args, model: nn.Module) -> None:
 
 
 def _preset_map(args, layer_names: List[str]) -> Dict:
-    """The format map of the methods that do not search: uniform, mlp8, a map file."""
+    """The format map of the methods that do not search and take no file: uniform, mlp8."""
     from brevitas_dmx.baselines import mlp_high_map
     method = _method(args)
     ladder = LADDERS[args.dmx_ladder]
     if method == "uniform":
         return {name: element_format(args.dmx_format).name for name in layer_names}
-    if method == "mlp8":
-        return mlp_high_map(layer_names, ladder.formats[0].name, ladder.formats[-1].name)
-    return read_format_map(args.dmx_format_map)
+    return mlp_high_map(layer_names, ladder.formats[0].name, ladder.formats[-1].name)
 
 
 def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
@@ -660,8 +664,10 @@ def run_dmx(args) -> Dict:
 
     print(f"[dMX] model: {args.model}")
     model = load_model(args.model, args.dtype).to(device)
+    file_map = None  # read once here, after validate() checked its formats
     if method == "map":
-        _check_map_layers(args, model)
+        file_map = read_format_map(args.dmx_format_map)
+        _check_map_layers(args, model, file_map)
     metrics = {
         "model": args.model,
         "dataset": args.dataset,
@@ -688,7 +694,7 @@ def run_dmx(args) -> Dict:
     if method in ("kl", "fisher"):
         scores, search_time = _sensitivity(args, model, calib, method)
 
-    blacklist = [] if args.quantize_last_layer else ["lm_head"]
+    blacklist = list(_excluded_layers(args))
     # Brevitas builds the input quantizers on the CPU: move the new offsets to the model's device.
     model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist).to(device)
     layers = dmx.dmx_layers(model)
@@ -741,7 +747,8 @@ def run_dmx(args) -> Dict:
             **weighting_kwargs)
         assign_projection(model, projection)
     else:
-        dmx.apply_format_map(model, _preset_map(args, [name for name, _ in layers]))
+        preset = file_map if method == "map" else _preset_map(args, [n for n, _ in layers])
+        dmx.apply_format_map(model, preset)
         projection = None
     search_time += time.perf_counter() - search_start
     metrics["search_time_s"] = search_time

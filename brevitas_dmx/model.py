@@ -414,14 +414,18 @@ def _parse_format_entry(layer: str, value, roles: List[str], errors: List[str]) 
 _FORMAT_MAP_ROLES = ["weight", "input", "output"]
 
 
-def check_format_map(mapping) -> None:
-    """Checks what can be checked of a format map without a model: that it is a mapping, and
-    every entry's format names and keys. Raises one ``ValueError`` naming every problem; layer
-    names are checked against a model by ``apply_format_map``."""
+def _require_mapping(mapping) -> None:
     if not isinstance(mapping, Mapping):
         raise ValueError(
             f"a format map maps layer names to formats ({{\"model.layers.0.mlp.up_proj\": "
             f"\"mxfp8\", ...}}), got a {type(mapping).__name__}")
+
+
+def check_format_map(mapping) -> None:
+    """Checks what can be checked of a format map without a model: that it is a mapping, and
+    every entry's format names and keys. Raises one ``ValueError`` naming every problem; layer
+    names are checked against a model by ``apply_format_map``."""
+    _require_mapping(mapping)
     errors = []
     for name, value in mapping.items():
         _parse_format_entry(name, value, _FORMAT_MAP_ROLES, errors)
@@ -437,8 +441,7 @@ def apply_format_map(model: nn.Module, mapping: Mapping[str, object]) -> None:
     Everything is checked before anything is pinned; problems raise one ``ValueError`` that
     names every unknown layer and format.
     """
-    if not isinstance(mapping, Mapping):
-        check_format_map(mapping)  # raises, naming what a format map is
+    _require_mapping(mapping)
     layers = {name: quants for name, quants in _mx_layers(model, include_fixed=False)}
     unknown = [name for name in mapping if name not in layers]
     errors = []
