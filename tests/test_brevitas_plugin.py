@@ -121,3 +121,23 @@ def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, watc
         steps="3")
     assert watched_training["rotations_moved"] and watched_training["offsets_moved"]
     assert watched_training["optimizers"] == 2
+
+
+def test_accelerate_removes_hooks_from_brevitas_quant_layers():
+    """Stock brevitas_ptq_llm calls accelerate's ``remove_hook_from_module`` on the quantized
+    model before fine-tuning. accelerate 1.16 makes it read an attribute of every value in a
+    module's ``__dict__``, where Brevitas keeps its injector classes, whose look-up of a missing
+    name raises ``DependencyError``; pyproject.toml therefore bounds accelerate below 1.16, and
+    this test fails the day the bound is lifted without a fix."""
+    from accelerate.hooks import add_hook_to_module
+    from accelerate.hooks import ModelHook
+    from accelerate.hooks import remove_hook_from_module
+    import brevitas.nn as qnn
+
+    from brevitas_dmx.quant import DMXFloatAct
+    from brevitas_dmx.quant import DMXFloatWeight
+    layer = qnn.QuantLinear(
+        64, 64, bias=False, weight_quant=DMXFloatWeight, input_quant=DMXFloatAct)
+    add_hook_to_module(layer, ModelHook())
+    remove_hook_from_module(layer, recurse=True)
+    assert not hasattr(layer, "_hf_hook") and not hasattr(layer, "_old_forward")
