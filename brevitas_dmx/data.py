@@ -6,6 +6,12 @@ A text is split by characters into a calibration part (the first ``1 - eval_frac
 evaluation part (the rest), so the two never overlap. Calibration samples are non-overlapping
 windows of the calibration tokens in a seeded random order; evaluation windows are consecutive
 non-overlapping windows of the evaluation tokens.
+
+When the tokenizer adds a BOS token to a text (Llama-3 and Gemma tokenizers do), every window
+begins with it, as the model's inputs do in use and as lm-eval's rolling log-likelihood scores
+text: a window of ``seqlen`` tokens is then BOS and ``seqlen - 1`` text tokens. The BOS position
+is never a target, so every text token of a window is scored (the first given BOS alone);
+without BOS the first token of each window is context only.
 """
 
 import bz2
@@ -19,12 +25,13 @@ from typing import Dict, List, Optional
 
 import torch
 
+from brevitas_dmx.config import HUB_DATASETS
+
 # An offline source of real English text: the Wikipedia dump that the gensim wheel ships for its
 # tests, cleaned like WikiText (article titles as " = Title = " lines).
 GENSIM_ENWIKI = "enwiki-gensim"
 _GENSIM_FILE = (
     "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
-HUB_DATASETS = ("wikitext2", "c4", "pile", "fineweb")
 LOCAL_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -108,33 +115,53 @@ def _tokens(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
+def bos_token_id(tokenizer) -> Optional[int]:
+    """The BOS token id if ``tokenizer`` puts one before a text, else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def _windows(tokens: torch.Tensor, seqlen: int, bos: Optional[int]) -> torch.Tensor:
+    """All consecutive non-overlapping windows of ``seqlen`` tokens, [n, seqlen], each begun by
+    ``bos`` (then holding ``seqlen - 1`` text tokens) unless it is None."""
+    width = seqlen - (bos is not None)
+    count = len(tokens) // width
+    windows = tokens[:count * width].view(count, width)
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((count, 1), bos, dtype=tokens.dtype), windows], dim=1)
+
+
 def calibration_samples(tokenizer,
                         text: str,
                         nsamples: int,
                         seqlen: int,
                         seed: int = 0) -> List[Dict]:
-    """``nsamples`` non-overlapping windows of ``seqlen`` tokens, as causal-LM examples."""
+    """``nsamples`` non-overlapping windows of ``seqlen`` tokens (BOS first if the tokenizer
+    adds one), as causal-LM examples."""
     tokens = _tokens(tokenizer, text)
-    available = len(tokens) // seqlen
-    if available < nsamples:
+    windows = _windows(tokens, seqlen, bos_token_id(tokenizer))
+    if len(windows) < nsamples:
         raise DataError(
-            f"The calibration part has {len(tokens)} tokens: {available} windows of --seqlen "
+            f"The calibration part has {len(tokens)} tokens: {len(windows)} windows of --seqlen "
             f"{seqlen}, fewer than --nsamples {nsamples}. Lower --nsamples or --seqlen, or use "
             f"more text.")
-    starts = list(range(available))
-    random.Random(seed).shuffle(starts)
-    windows = [tokens[s * seqlen:(s + 1) * seqlen] for s in starts[:nsamples]]
-    return [{"input_ids": w, "attention_mask": torch.ones_like(w), "labels": w} for w in windows]
+    order = list(range(len(windows)))
+    random.Random(seed).shuffle(order)
+    chosen = [windows[i] for i in order[:nsamples]]
+    return [{"input_ids": w, "attention_mask": torch.ones_like(w), "labels": w} for w in chosen]
 
 
 def evaluation_windows(tokenizer, text: str, seqlen: int, limit: Optional[int]) -> torch.Tensor:
-    """Consecutive non-overlapping windows (at most ``limit``) of the evaluation tokens."""
+    """Consecutive non-overlapping windows (at most ``limit``) of the evaluation tokens, [n,
+    seqlen], BOS first if the tokenizer adds one."""
     tokens = _tokens(tokenizer, text)
-    count = len(tokens) // seqlen
-    if count == 0:
+    windows = _windows(tokens, seqlen, bos_token_id(tokenizer))
+    if len(windows) == 0:
         raise DataError(
             f"The evaluation part has {len(tokens)} tokens, less than one --seqlen {seqlen} "
             f"window. Lower --seqlen or use more text.")
-    if limit is not None:
-        count = min(count, limit)
-    return tokens[:count * seqlen].view(count, seqlen)
+    return windows if limit is None else windows[:limit]

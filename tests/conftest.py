@@ -108,10 +108,12 @@ def local_text(n_lines: int = 400, seed: int = 0) -> str:
         for _ in range(n_lines)) + "\n"
 
 
-def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0) -> str:
-    """A tiny random Llama and a BPE tokenizer trained here, saved as a model folder."""
+def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0, add_bos: bool = False) -> str:
+    """A tiny random Llama and a BPE tokenizer trained here, saved as a model folder. With
+    ``add_bos`` the tokenizer puts ``<s>`` before every text, as Llama-3's and Gemma's do."""
     from tokenizers import models
     from tokenizers import pre_tokenizers
+    from tokenizers import processors
     from tokenizers import Tokenizer
     from tokenizers import trainers
     from transformers import LlamaForCausalLM
@@ -120,6 +122,9 @@ def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0) -> str:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
     tokenizer.train_from_iterator(local_text(200, seed=seed).splitlines(), trainer)
+    if add_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     torch.manual_seed(seed)

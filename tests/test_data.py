@@ -1,0 +1,103 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Calibration samples and evaluation windows: BOS first where the tokenizer adds one."""
+
+import json
+import math
+
+from conftest import local_text
+from conftest import save_tiny_llama_folder
+import pytest
+import torch
+
+from brevitas_dmx import llm
+from brevitas_dmx.data import bos_token_id
+from brevitas_dmx.data import calibration_samples
+from brevitas_dmx.data import evaluation_windows
+from brevitas_dmx.data import split_text
+from brevitas_dmx.models import load_tokenizer
+
+SEQLEN = 16
+
+
+@pytest.fixture(scope="module")
+def bos_folder(tmp_path_factory):
+    return save_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama-bos"), add_bos=True)
+
+
+def _text_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_bos_is_found_only_where_the_tokenizer_adds_it(bos_folder, tiny_folder):
+    with_bos, without = load_tokenizer(bos_folder), load_tokenizer(tiny_folder)
+    assert bos_token_id(with_bos) == with_bos.bos_token_id is not None
+    assert without.bos_token_id is not None and bos_token_id(without) is None
+
+
+def test_evaluation_windows_begin_with_bos_then_the_text(bos_folder):
+    tokenizer = load_tokenizer(bos_folder)
+    text = local_text(40)
+    windows = evaluation_windows(tokenizer, text, SEQLEN, limit=5)
+    ids = _text_ids(tokenizer, text)
+    assert windows.shape == (5, SEQLEN)
+    assert (windows[:, 0] == tokenizer.bos_token_id).all()
+    assert windows[:, 1:].reshape(-1).tolist() == ids[:5 * (SEQLEN - 1)]
+
+
+def test_calibration_samples_begin_with_bos(bos_folder):
+    tokenizer = load_tokenizer(bos_folder)
+    samples = calibration_samples(tokenizer, local_text(40), nsamples=6, seqlen=SEQLEN)
+    assert all(s["input_ids"][0] == tokenizer.bos_token_id for s in samples)
+    assert all(len(s["input_ids"]) == SEQLEN for s in samples)
+    assert len({tuple(s["input_ids"].tolist()) for s in samples}) == 6
+
+
+def test_windows_without_bos_are_the_text_alone(tiny_folder):
+    tokenizer = load_tokenizer(tiny_folder)
+    text = local_text(40)
+    windows = evaluation_windows(tokenizer, text, SEQLEN, limit=5)
+    assert windows.reshape(-1).tolist() == _text_ids(tokenizer, text)[:5 * SEQLEN]
+
+
+def test_float_perplexity_scores_windows_that_begin_with_bos(bos_folder, tmp_path):
+    """The tool's float perplexity equals one computed by hand with transformers on windows of
+    BOS and ``seqlen - 1`` text tokens, every text token scored and BOS never a target."""
+    from transformers import AutoModelForCausalLM
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(local_text(300))
+    out = tmp_path / "float"
+    argv = [
+        "--model",
+        bos_folder,
+        "--dataset",
+        str(text_file),
+        "--seqlen",
+        str(SEQLEN),
+        "--nsamples",
+        "4",
+        "--dtype",
+        "float32",
+        "--dmx",
+        "--dmx-method",
+        "float",
+        "--dmx-eval-windows",
+        "6",
+        "--dmx-output",
+        str(out)
+    ]
+    assert llm.main(argv) == 0
+    float_ppl = json.loads((out / "metrics.json").read_text())["float_ppl"]
+
+    tokenizer = load_tokenizer(bos_folder)
+    model = AutoModelForCausalLM.from_pretrained(bos_folder, dtype=torch.float32).eval()
+    ids = _text_ids(tokenizer, split_text(text_file.read_text(), 0.4)[1])
+    width = SEQLEN - 1
+    nll, scored = 0.0, 0
+    for i in range(6):
+        window = torch.tensor([[tokenizer.bos_token_id] + ids[i * width:(i + 1) * width]])
+        with torch.no_grad():
+            logits = model(input_ids=window).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+        scored += width
+    assert float_ppl == pytest.approx(math.exp(nll / scored), rel=1e-5)
