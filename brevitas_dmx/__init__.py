@@ -1,37 +1,51 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-"""brevitas-dmx: learnable mixed-precision MX floating-point formats for Brevitas."""
+"""brevitas-dmx: learnable mixed-precision MX floating-point formats for Brevitas.
+
+The names below load their module on first use, so that importing a light submodule (the
+command line's parser, ``brevitas_dmx.cli``) does not import torch and Brevitas, and the
+deployment helpers load Brevitas's export machinery only when they are used.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from brevitas_dmx.formats import element_format
-from brevitas_dmx.formats import FORMATS
-from brevitas_dmx.formats import LADDERS
-from brevitas_dmx.functional import mx_fake_quantize
-from brevitas_dmx.model import apply_format_map
-from brevitas_dmx.model import average_bits
-from brevitas_dmx.model import batched_formats
-from brevitas_dmx.model import bits_report
-from brevitas_dmx.model import clear_format_pins
-from brevitas_dmx.model import dmx_layers
-from brevitas_dmx.model import dmx_offsets
-from brevitas_dmx.model import finalize
-from brevitas_dmx.model import format_counts
-from brevitas_dmx.model import format_map
-from brevitas_dmx.model import mx_quantizers
-from brevitas_dmx.model import reusing_quantized_weights
-from brevitas_dmx.model import set_rounding
-from brevitas_dmx.model import set_temperature
-from brevitas_dmx.model import tie_groups
-from brevitas_dmx.model import tie_offsets
-from brevitas_dmx.model import train_only_offsets
-
-_EXPORTS = ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights")
+_PUBLIC = {
+    "brevitas_dmx.formats": ("element_format", "FORMATS", "LADDERS"),
+    "brevitas_dmx.functional": ("mx_fake_quantize",),
+    "brevitas_dmx.model":
+        (
+            "apply_format_map",
+            "average_bits",
+            "batched_formats",
+            "bits_report",
+            "clear_format_pins",
+            "dmx_layers",
+            "dmx_offsets",
+            "finalize",
+            "format_counts",
+            "format_map",
+            "mx_quantizers",
+            "reusing_quantized_weights",
+            "set_rounding",
+            "set_temperature",
+            "tie_groups",
+            "tie_offsets",
+            "train_only_offsets"),
+    "brevitas_dmx.export": ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights"),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name):
-    # Deployment helpers load Brevitas's export machinery: import them on first use only.
-    if name in _EXPORTS:
-        from brevitas_dmx import export
-        return getattr(export, name)
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'brevitas_dmx' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -24,12 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from brevitas_dmx.config import METHODS  # noqa: F401 (re-exported)
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.functional import mx_fake_quantize
-
-METHODS = ("dmx", "kl", "fisher", "uniform", "mlp8", "float")
 
 
 def linear_layers(model: nn.Module, exclude: Sequence[str] = ("lm_head",)) -> Dict[str, nn.Linear]:

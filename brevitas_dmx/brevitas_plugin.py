@@ -31,6 +31,12 @@ from brevitas_examples.llm.llm_quant.trainer_utils import \
     TrainingArguments as BrevitasTrainingArguments
 
 import brevitas_dmx as dmx
+from brevitas_dmx.config import DEFAULT_LAMBDA
+from brevitas_dmx.config import DEFAULT_LR
+from brevitas_dmx.config import DEFAULT_MOMENTUM
+from brevitas_dmx.config import DEFAULT_TEMP_DELAY
+from brevitas_dmx.config import DEFAULT_TEMP_END
+from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.evaluate import format_table
 from brevitas_dmx.quant import DMXFloat6Act
 from brevitas_dmx.quant import DMXFloat6Weight
@@ -85,13 +91,13 @@ _CONSTANT_LR = {
 @dataclass
 class DMXTrainingArguments(BrevitasTrainingArguments):
     dmx_target_bits: float = field(default=6.0, metadata={"help": "Bit budget."})
-    dmx_lambda: float = field(default=5.0, metadata={"help": "Penalty weight."})
+    dmx_lambda: float = field(default=DEFAULT_LAMBDA, metadata={"help": "Penalty weight."})
     dmx_average: str = field(default="simple", metadata={"help": "simple, size or memory."})
     dmx_budget_with_scales: bool = field(default=False)
-    dmx_temp_start: float = field(default=0.4)
-    dmx_temp_end: float = field(default=20.0)
-    dmx_temp_delay: float = field(default=0.6)
-    dmx_lr: float = field(default=1.0, metadata={"help": "Offset learning rate (SGD)."})
+    dmx_temp_start: float = field(default=DEFAULT_TEMP_START)
+    dmx_temp_end: float = field(default=DEFAULT_TEMP_END)
+    dmx_temp_delay: float = field(default=DEFAULT_TEMP_DELAY)
+    dmx_lr: float = field(default=DEFAULT_LR, metadata={"help": "Offset learning rate (SGD)."})
     dmx_learn_rotations: bool = field(
         default=False,
         metadata={"help": "Train the rotations of --rotation ... --fine-tune jointly (CaileySGD)."})
@@ -111,7 +117,9 @@ class DMXTrainingArguments(BrevitasTrainingArguments):
                                 "get_param_fn": dmx_offset_parameters,
                                 "optimizer_kwargs":
                                     {
-                                        "lr": self.dmx_lr, "momentum": 0.99, "nesterov": True
+                                        "lr": self.dmx_lr,
+                                        "momentum": DEFAULT_MOMENTUM,
+                                        "nesterov": True
                                     }
                             }
                         ],

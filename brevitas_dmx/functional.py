@@ -30,7 +30,7 @@ from typing import NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-SCALE_RULES = ("floor", "nonclip")
+from brevitas_dmx.config import SCALE_RULES
 
 # Brevitas's ``scaling_min_val`` for float quantizers: the smallest block maximum used for scales.
 SCALING_MIN_VAL = 1e-10

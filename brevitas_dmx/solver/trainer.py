@@ -19,18 +19,19 @@ from transformers import TrainerCallback
 from transformers import TrainingArguments
 
 from brevitas_dmx import distributed
+from brevitas_dmx.config import DEFAULT_MOMENTUM
+from brevitas_dmx.config import DEFAULT_TEMP_DELAY
+from brevitas_dmx.config import DEFAULT_TEMP_END
+from brevitas_dmx.config import DEFAULT_TEMP_START
+from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
-from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_DELAY
-from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_END
-from brevitas_dmx.solver.callbacks import DEFAULT_TEMP_START
 from brevitas_dmx.solver.callbacks import DMXLoggingCallback
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
 
 OFFSETS_FILE = "dmx_offsets.pt"
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -131,7 +132,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             args: TrainingArguments,
             regularizer,
             optimizer_name: str = "sgd",
-            momentum: float = 0.99,
+            momentum: float = DEFAULT_MOMENTUM,
             temp_start: float = DEFAULT_TEMP_START,
             temp_end: float = DEFAULT_TEMP_END,
             temp_delay: float = DEFAULT_TEMP_DELAY,
