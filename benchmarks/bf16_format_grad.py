@@ -6,8 +6,9 @@ values: weights and inputs that bfloat16 holds exactly, so only the arithmetic d
     python benchmarks/bf16_format_grad.py --seeds 3
 
 Prints, per seed, the gradient of a squared-error loss to the layer's (shared) offset, float32
-and bfloat16, eager and compiled (BENCHMARKS.md 5.8: before the element arithmetic of half-precision tensors
-ran in float32, bfloat16 gave 4-20x the float32 gradient, of one sign).
+and bfloat16, eager and compiled (BENCHMARKS.md, 'What does the quantizer cost?': before the element
+arithmetic of half-precision tensors ran in float32, bfloat16 gave 4-20x the float32 gradient,
+of one sign).
 """
 
 import argparse

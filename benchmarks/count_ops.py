@@ -4,7 +4,8 @@
 host time per layer on tensors too small for the element work to count.
 
 On a GPU every aten operation that computes something is a kernel launch (about 8 us of CPU
-each on the H100 of BENCHMARKS 5.4), and on small and mid-sized models the launches, not the
+each on an H100: BENCHMARKS.md, 'How long does a search take?'), and on small and mid-sized models
+the launches, not the
 element work, bound the step. Operations on scalars (the format's parameters and gradients) are
 the ones that do not grow with the model. Both counts are the same on any device, so this
 runs on the CPU:

@@ -188,7 +188,7 @@ def build_parser():
         "--dmx-compile",
         action="store_true",
         help="Fuse the quantizers' element-wise work with torch.compile (the first steps "
-        "compile, ~20 s on a CPU; pays off over a long run).")
+        "compile; pays off over a long run: BENCHMARKS.md, 'How long does a search take?').")
     group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
     group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
     group.add_argument(

@@ -181,7 +181,7 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
     (``2**(k - emax)`` for fractional ``emax``) are not bfloat16 numbers. Rounded to bfloat16,
     they move the rounding errors whose sums, a small remainder of terms that cancel, make the
     format gradient: a weight's error sum came out 140-230x its float32 value on the same
-    bfloat16 values (BENCHMARKS.md 5.8). At hardware formats every step and scale is a power of
+    bfloat16 values. At hardware formats every step and scale is a power of
     two and the results are the same bits either way."""
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
@@ -194,8 +194,9 @@ def _static_block(blocks: Tensor) -> None:
     """Inside ``torch.compile``, specializes the kernel on the block size (the last dimension of
     ``blocks``); the other dimensions stay dynamic. With the block size a symbol, as
     ``dynamic=True`` makes every size, Inductor compiled the element loops with run-time bounds and
-    the blocks' scales in a serial loop: the weight's kernels took 1.3-1.5x the time
-    (BENCHMARKS.md 5.9). A model has one block size, so this adds a guard, not a graph. Not under
+    the blocks' scales in a serial loop: the weight's kernels ran slower
+    (BENCHMARKS.md, 'What does the quantizer cost?'). A model has one block size, so this adds a
+    guard, not a graph. Not under
     ``torch.export`` (non-strict tracing is no Dynamo tracing; strict tracing must keep a block
     dimension the caller declared dynamic)."""
     if torch.compiler.is_dynamo_compiling() and not torch.compiler.is_exporting():

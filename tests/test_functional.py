@@ -415,7 +415,8 @@ def test_bfloat16_format_sums_equal_the_float32_ones_on_the_same_values():
 @pytest.mark.parametrize("kernel", ["forward", "values_backward"])
 def test_compiled_kernels_keep_only_the_block_size_static(kernel):
     # The block size is compiled in (loops of known length, and the scales computed in
-    # parallel: BENCHMARKS.md 5.9); the other sizes stay dynamic, so layers and batches of any
+    # parallel: BENCHMARKS.md, 'What does the quantizer cost?'); the other sizes stay dynamic, so
+    # layers and batches of any
     # shape share one compiled kernel. A fresh function: the module's kernels may already hold
     # graphs for other block sizes from other tests.
     from brevitas_dmx import functional

@@ -5,7 +5,8 @@
 A learnable quantizer's format is a handful of scalar operations: the offset's tempered sigmoid,
 the ladder's widths, the format constants the element kernels need and, in backward, the width
 gradients. On a GPU each is a kernel launch, and with two quantizers in each of hundreds of
-layers those launches, not the element work, bound a training step (BENCHMARKS.md 5.4).
+layers those launches, not the element work, bound a training step (BENCHMARKS.md,
+'How long does a search take?').
 ``FormatBatch`` runs them on vectors, one launch per operation for the whole model: the widths
 (differentiable), the constants and the width Jacobians (``width_jacobian``) of all quantizers.
 A fused ``DMXQuantLinear`` then spends no scalar operation on its format in forward and one

