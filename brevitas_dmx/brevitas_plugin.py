@@ -44,7 +44,6 @@ from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct
 from brevitas_dmx.quant import DMXFloatStaircaseWeight
 from brevitas_dmx.quant import DMXFloatWeight
-from brevitas_dmx.solver.callbacks import DMXLoggingCallback
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
 from brevitas_dmx.solver.projection import project_model
 from brevitas_dmx.solver.regularizers import TargetAwarePenalty
@@ -154,7 +153,7 @@ class BrevitasDMXTrainer(DMXLossMixin, GeneralizedTrainer):
     def __init__(self, args: DMXTrainingArguments = None, **kwargs):
         self.schedule = TemperatureScheduleCallback(
             args.dmx_temp_start, args.dmx_temp_end, args.dmx_temp_delay)
-        callbacks = [self.schedule, DMXLoggingCallback(self.schedule)]
+        callbacks = [self.schedule]
         callbacks += list(kwargs.pop("callbacks", None) or [])
         super().__init__(args=args, callbacks=callbacks, **kwargs)
         self.regularizer = TargetAwarePenalty(

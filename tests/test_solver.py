@@ -248,3 +248,15 @@ def test_straight_through_rounding_passes_the_gradient_inside_the_ladder(ignore_
 def test_unknown_rounding_is_refused(ignore_missing_keys):
     with pytest.raises(ValueError, match="Unknown rounding"):
         bd.set_rounding(quantize_tiny_llama(DMXFloatWeight, DMXFloatAct), "stochastic")
+
+
+def test_temperature_and_layers_per_format_reach_trainer_state(tmp_path):
+    import json
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _train(model, tmp_path, steps=4, save_steps=4, logging_steps=1)
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 4
+    assert all(entry["temperature"] > 0 and "avg_bits" in entry for entry in logged)
+    assert logged[-1]["temperature"] == pytest.approx(20.0)
+    assert all(sum(v for k, v in e.items() if k.startswith("layers_")) == 14 for e in logged)

@@ -2,7 +2,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The dMX solver: regularizers, annealing callbacks, training and exact budget projection."""
 
-from .callbacks import DMXLoggingCallback
 from .callbacks import temperature_at
 from .callbacks import TemperatureScheduleCallback
 from .projection import budget_problem

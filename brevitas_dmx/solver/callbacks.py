@@ -1,14 +1,12 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-"""Annealing and logging as Hugging Face ``TrainerCallback``s."""
+"""Annealing as a Hugging Face ``TrainerCallback``."""
 
 from transformers import TrainerCallback
 
 from brevitas_dmx.config import DEFAULT_TEMP_DELAY
 from brevitas_dmx.config import DEFAULT_TEMP_END
 from brevitas_dmx.config import DEFAULT_TEMP_START
-from brevitas_dmx.model import format_counts
-from brevitas_dmx.model import format_map
 from brevitas_dmx.model import set_temperature
 
 
@@ -45,18 +43,3 @@ class TemperatureScheduleCallback(TrainerCallback):
         self.temperature = temperature_at(
             state.global_step, state.max_steps, self.start, self.end, self.delay)
         set_temperature(model, self.temperature)
-
-
-class DMXLoggingCallback(TrainerCallback):
-    """Adds temperature and the number of layers per discrete format to the trainer's logs
-    (average bits, task loss and penalty are logged by the trainer itself)."""
-
-    def __init__(self, schedule: TemperatureScheduleCallback):
-        self.schedule = schedule
-
-    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if logs is None or model is None:
-            return
-        logs["temperature"] = self.schedule.temperature
-        for fmt, count in format_counts(format_map(model)).items():
-            logs[f"layers_{fmt}"] = count

@@ -26,9 +26,10 @@ from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
+from brevitas_dmx.model import format_counts
+from brevitas_dmx.model import format_map
 from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
-from brevitas_dmx.solver.callbacks import DMXLoggingCallback
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
 
 OFFSETS_FILE = "dmx_offsets.pt"
@@ -59,6 +60,15 @@ def load_offsets(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
             local = getattr(param, "to_local", None)  # an FSDP2 DTensor: every rank holds it
             target = param if local is None else local()
             target.copy_(value.reshape(target.shape).to(target.device, target.dtype))
+
+
+def format_log(model: nn.Module) -> Dict[str, float]:
+    """The annealing temperature and the number of layers on each discrete format, for a log."""
+    offsets = dmx_offsets(model)
+    logs = {"temperature": float(offsets[0].temperature)} if offsets else {}
+    for fmt, count in format_counts(format_map(model)).items():
+        logs[f"layers_{fmt}"] = count
+    return logs
 
 
 class DMXLossMixin:
@@ -105,6 +115,9 @@ class DMXLossMixin:
                 sums, count = dict(zip(keys, total[:-1].tolist())), float(total[-1])
             logs.update({k: v / count for k, v in sums.items()})
             self._dmx_sums, self._dmx_count = {}, 0
+        # Added before Trainer.log copies the logs into the state's log history (and so into
+        # trainer_state.json and the report integrations), not after it in a callback.
+        logs.update(format_log(self.model))
         super().log(logs, *args, **kwargs)
 
     def _last_checkpoint(self) -> Optional[str]:
@@ -147,7 +160,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 "brevitas_dmx quantizers first.")
         offsets = train_only_offsets(model)
         self.schedule = TemperatureScheduleCallback(temp_start, temp_end, temp_delay)
-        callbacks = [self.schedule, DMXLoggingCallback(self.schedule)] + list(callbacks or [])
+        callbacks = [self.schedule] + list(callbacks or [])
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
