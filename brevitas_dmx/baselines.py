@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from brevitas_dmx.config import METHODS  # noqa: F401 (re-exported)
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import ladder as get_ladder

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import List
 
+from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
 from brevitas_examples.common.generative.quantizers import BaseQuantizer
 from brevitas_examples.common.generative.quantizers import QUANTIZERS_REGISTRY
 from brevitas_examples.llm.llm_quant.trainer_utils import GeneralizedTrainer
@@ -74,7 +75,6 @@ def dmx_offset_parameters(model, training_args) -> List:
 
 
 def _rotation_parameters(model, training_args) -> List:
-    from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
     return extract_trainable_rotation_matrices(model)
 
 

@@ -3,12 +3,18 @@
 """Perplexity on evaluation windows, and the per-layer report (table and plot)."""
 
 import functools
+import hashlib
 import math
 import re
 from typing import Dict, List, Optional
 
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
 import torch
 from tqdm.auto import tqdm
+
+from brevitas_dmx import distributed
 
 
 @torch.no_grad()
@@ -19,13 +25,20 @@ def window_nll(
         desc: str = "perplexity",
         starts=None) -> torch.Tensor:
     """Summed next-token NLL of each window ([n, seqlen] token ids), in eval mode, as a float64
-    vector of length n. Only the batches that begin at ``starts`` (all of them by default) are
-    evaluated; the other windows are left at 0 (ranks fill in their own share)."""
+    vector of length n.
+
+    Under several processes the batches are dealt out to the ranks: each evaluates whole
+    batches (the same batches a single process forms, so each window's NLL is the same bits)
+    and leaves the others' windows at zero; a float64 sum over the ranks then fills in every
+    window exactly. ``starts`` (the first window of each batch to evaluate) overrides that."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    dealt = starts is None and distributed.in_process_group()
     if starts is None:
         starts = range(0, len(windows), batch_size)
+        if dealt:
+            starts = list(starts)[distributed.rank()::distributed.world_size()]
     nll = torch.zeros(len(windows), dtype=torch.float64)
     for start in tqdm(starts, desc=desc, leave=False):
         batch = windows[start:start + batch_size].to(device)
@@ -34,7 +47,7 @@ def window_nll(
             logits[:, :-1].transpose(1, 2), batch[:, 1:], reduction="none")
         nll[start:start + len(batch)] = token_nll.double().sum(dim=1).cpu()
     model.train(was_training)
-    return nll
+    return distributed.all_reduce(nll) if dealt else nll
 
 
 def perplexity_of(nll: torch.Tensor, seqlen: int) -> float:
@@ -50,7 +63,6 @@ def perplexity(
 
 def windows_fingerprint(windows: torch.Tensor) -> str:
     """A short hash of the evaluation token ids: paired comparisons need the same windows."""
-    import hashlib
     return hashlib.sha1(windows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
@@ -173,7 +185,6 @@ def plot_bits(fmap: Dict[str, Dict], path: str, title: Optional[str] = None) -> 
 
 @functools.lru_cache(maxsize=4)
 def _task_index(include: Optional[str]):
-    from lm_eval.tasks import TaskManager
     return TaskManager(include_path=include) if include else TaskManager()
 
 
@@ -200,8 +211,6 @@ def zero_shot(
     ``tasks`` are lm-eval task names; ``include`` a folder of task YAMLs for local tasks (for
     offline data: ``dataset_path: json`` with ``data_files``). Returns ``{task: {"acc": ...,
     "acc_norm": ..., "n": items}}`` (acc_norm where the task reports it)."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     manager = task_manager(tasks, include)
     was_training = model.training
     model.eval()

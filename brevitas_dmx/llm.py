@@ -19,26 +19,66 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from brevitas.graph.quantize import layerwise_quantize
 from brevitas_examples.common.parse_utils import override_defaults
 from brevitas_examples.common.parse_utils import parse_args
 from brevitas_examples.llm.main import quantize_llm
+from datasets import load_dataset
 import torch
 from torch import nn
 from transformers.trainer_utils import get_last_checkpoint
 
 from brevitas_dmx import distributed
-from brevitas_dmx.cli import build_parser
-from brevitas_dmx.cli import PROG
+from brevitas_dmx import quant
+import brevitas_dmx as dmx
+from brevitas_dmx.baselines import fisher_sensitivity
+from brevitas_dmx.baselines import kl_sensitivity
+from brevitas_dmx.baselines import linear_layers
+from brevitas_dmx.baselines import mlp_high_map
+from brevitas_dmx.baselines import unit_scores
 from brevitas_dmx.config import HUB_DATASETS
+from brevitas_dmx.core.linear import DMXQuantLinear
+from brevitas_dmx.data import calibration_samples
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
+from brevitas_dmx.data import evaluation_windows
+from brevitas_dmx.data import load_text
+from brevitas_dmx.data import split_text
+from brevitas_dmx.evaluate import format_table
+from brevitas_dmx.evaluate import perplexity_of
+from brevitas_dmx.evaluate import plot_bits
+from brevitas_dmx.evaluate import task_manager
+from brevitas_dmx.evaluate import window_nll
+from brevitas_dmx.evaluate import windows_fingerprint
+from brevitas_dmx.evaluate import zero_shot
+from brevitas_dmx.export import export_causal_lm_qonnx
+from brevitas_dmx.export import pack_weights
+from brevitas_dmx.export import save_pretrained
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.functional import enable_compile
+from brevitas_dmx.llm_args import build_parser
+from brevitas_dmx.llm_args import PROG
+from brevitas_dmx.model import check_format_map
+from brevitas_dmx.model import set_rounding
+from brevitas_dmx.models import load_model
+from brevitas_dmx.models import load_tokenizer
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
+from brevitas_dmx.solver import DMXTrainer
+from brevitas_dmx.solver import project_model
+from brevitas_dmx.solver import ScalingPenalty
+from brevitas_dmx.solver import TargetAwarePenalty
+from brevitas_dmx.solver import training_arguments
+from brevitas_dmx.solver.projection import assign_projection
+from brevitas_dmx.solver.projection import budget_problem
+from brevitas_dmx.solver.projection import project_scores
+from brevitas_dmx.solver.projection import save_problem
+from brevitas_dmx.solver.trainer import load_offsets
 from brevitas_dmx.solver.trainer import NonFiniteLossError
 from brevitas_dmx.solver.trainer import OFFSETS_FILE
+from brevitas_dmx.solver.trainer import offsets_state_dict
 
 # A run folder's metrics (written at the end of a run; a re-targeting run reads its source's).
 METRICS_FILE = "metrics.json"
@@ -149,7 +189,6 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     if args.dmx_eval_include is not None and args.dmx_eval_tasks is None:
         raise UsageError("--dmx-eval-include needs --dmx-eval-tasks (the task names to run)")
     if args.dmx_eval_tasks is not None:
-        from brevitas_dmx.evaluate import task_manager
         try:
             task_manager(_eval_tasks(args), args.dmx_eval_include)
         except ValueError as err:
@@ -227,10 +266,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _texts(args):
-    from brevitas_dmx.data import load_text
-    from brevitas_dmx.data import split_text
     if args.dataset == "wikitext2":
-        from datasets import load_dataset
         data = load_dataset("wikitext", "wikitext-2-raw-v1")
         return "".join(data["train"]["text"]), "\n\n".join(data["test"]["text"])
     return split_text(load_text(args.dataset), args.dmx_eval_fraction)
@@ -238,7 +274,6 @@ def _texts(args):
 
 def _layer_map(args):
 
-    from brevitas_dmx import quant
     names = {
         "mxfp8-mxfp4": ("DMXFloatWeight", "DMXFloatAct"),
         "mxfp6-mxfp4": ("DMXFloat6Weight", "DMXFloat6Act"),
@@ -248,7 +283,6 @@ def _layer_map(args):
     weight = getattr(quant, weight_name).let(dmx_scale_rule=args.dmx_scale_rule)
     act = None if args.dmx_weights_only else getattr(quant, act_name).let(
         dmx_scale_rule=args.dmx_scale_rule)
-    from brevitas_dmx.core.linear import DMXQuantLinear  # qnn.QuantLinear, leaner training step
     return {
         nn.Linear:
             (
@@ -272,9 +306,6 @@ def _sensitivity(args, model, calib, method: str):
     """Layer scores of the kl / fisher baselines on the float model and the seconds computing
     them took, from the cache if it holds scores for the same model, data and settings (the
     time is then the original computation's, so every point reports the method's full cost)."""
-    from brevitas_dmx.baselines import fisher_sensitivity
-    from brevitas_dmx.baselines import kl_sensitivity
-    from brevitas_dmx.baselines import linear_layers
     ladder = LADDERS[args.dmx_ladder]
     key = json.dumps(
         {
@@ -332,7 +363,6 @@ def _write_cache(path: Optional[str], key: str, value) -> None:
 def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.Tensor:
     """The float model's NLL per evaluation window, from ``--dmx-float-cache`` when it holds
     the same model, dtype, device type, windows and batch size (batching moves the last bits)."""
-    from brevitas_dmx.distributed import window_nll
     key = json.dumps(
         {
             "model": args.model,
@@ -356,7 +386,6 @@ def read_format_map(path: str) -> Dict:
     """The format map in the JSON file ``path`` (``--dmx-format-map``), its format names and
     keys checked; a ``UsageError`` that names the flag where the file is missing, not JSON or
     not a format map."""
-    from brevitas_dmx.model import check_format_map
     flag = f"--dmx-format-map {path!r}"
     if not os.path.isfile(path):
         raise UsageError(f"{flag}: no such file")
@@ -380,7 +409,6 @@ def _excluded_layers(args) -> Tuple[str, ...]:
 def _check_map_layers(args, model: nn.Module, mapping: Dict) -> None:
     """Raises a ``UsageError`` naming the layers of the ``--dmx-format-map`` file's ``mapping``
     that the loaded model will not quantize, before its float perplexity is measured."""
-    from brevitas_dmx.baselines import linear_layers
     try:
         quantized = linear_layers(model, _excluded_layers(args))
     except ValueError:
@@ -396,7 +424,6 @@ def _check_map_layers(args, model: nn.Module, mapping: Dict) -> None:
 
 def _preset_map(args, layer_names: List[str]) -> Dict:
     """The format map of the methods that do not search and take no file: uniform, mlp8."""
-    from brevitas_dmx.baselines import mlp_high_map
     method = _method(args)
     ladder = LADDERS[args.dmx_ladder]
     if method == "uniform":
@@ -408,15 +435,6 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     """dMX proper: trains the offsets under the budget penalty (resumable). Returns how the
     training was parallelized: accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP)."""
 
-    from brevitas_dmx.functional import enable_compile
-    from brevitas_dmx.model import set_rounding
-    from brevitas_dmx.solver import DMXTrainer
-    from brevitas_dmx.solver import ScalingPenalty
-    from brevitas_dmx.solver import TargetAwarePenalty
-    from brevitas_dmx.solver import training_arguments
-    from brevitas_dmx.solver.projection import budget_problem
-    from brevitas_dmx.solver.projection import save_problem
-    from brevitas_dmx.solver.trainer import offsets_state_dict
     if args.dmx_regularizer == "target":
         regularizer = TargetAwarePenalty(args.dmx_target_bits, args.dmx_lambda, **weighting_kwargs)
     else:
@@ -456,21 +474,6 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
 
 def run_dmx(args) -> Dict:
     """The whole job of one method. Returns the metrics it also writes to ``--dmx-output``."""
-    from brevitas.graph.quantize import layerwise_quantize
-
-    import brevitas_dmx as dmx
-    from brevitas_dmx.baselines import unit_scores
-    from brevitas_dmx.data import calibration_samples
-    from brevitas_dmx.data import evaluation_windows
-    from brevitas_dmx.distributed import window_nll  # batches dealt out to the ranks
-    from brevitas_dmx.evaluate import perplexity_of
-    from brevitas_dmx.evaluate import windows_fingerprint
-    from brevitas_dmx.models import load_model
-    from brevitas_dmx.models import load_tokenizer
-    from brevitas_dmx.solver import project_model
-    from brevitas_dmx.solver.projection import assign_projection
-    from brevitas_dmx.solver.projection import budget_problem
-    from brevitas_dmx.solver.projection import project_scores
 
     started = time.perf_counter()
     method = _method(args)
@@ -555,7 +558,6 @@ def run_dmx(args) -> Dict:
     search_start = time.perf_counter()
     if method == "dmx":
         if args.dmx_retarget_from:
-            from brevitas_dmx.solver.trainer import load_offsets
             load_offsets(
                 model,
                 torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
@@ -613,7 +615,6 @@ def run_dmx(args) -> Dict:
 
 
 def _zero_shot(args, model, tokenizer, metrics) -> None:
-    from brevitas_dmx.evaluate import zero_shot
     if args.dmx_eval_tasks:
         eval_start = time.perf_counter()
         metrics["accuracy"] = zero_shot(
@@ -630,15 +631,12 @@ def _deploy(args, model, metrics) -> List[str]:
     """The checkpoint, packed weights and QONNX graph the deployment flags ask for."""
     written = []
     if args.dmx_save_pretrained:
-        from brevitas_dmx.export import pack_weights
-        from brevitas_dmx.export import save_pretrained
         save_pretrained(model, args.dmx_save_pretrained)
         packed = pack_weights(
             model, os.path.join(args.dmx_save_pretrained, "packed_weights.safetensors"))
         metrics["packed_weight_bytes"] = packed["payload_bytes"]
         written.append(args.dmx_save_pretrained)
     if args.dmx_export_qonnx:
-        from brevitas_dmx.export import export_causal_lm_qonnx
         export_causal_lm_qonnx(model, args.dmx_export_qonnx, seqlen=args.seqlen)
         written.append(args.dmx_export_qonnx)
     return written
@@ -646,9 +644,6 @@ def _deploy(args, model, metrics) -> List[str]:
 
 def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -> Dict:
     """Bits, zero-shot accuracy, the output files and the results line."""
-    import brevitas_dmx as dmx
-    from brevitas_dmx.evaluate import format_table
-    from brevitas_dmx.evaluate import plot_bits
     ladder = LADDERS[args.dmx_ladder]
     fmap = None
     if report is not None:

