@@ -7,7 +7,7 @@ accelerate config): the per-rank losses are means over equal shares of the globa
 gradient all-reduce averages them, and the penalty, a function of the offsets only, is the same
 on every rank, so every rank takes the same optimizer step as a single process with the global
 batch. This module adds what the Trainer does not: the process group before training (for the
-sharded evaluation), the rank's device, printing on rank 0 only, and the collectives that the
+sharded evaluation), the rank's device, and the collectives that the
 sharded evaluation (``brevitas_dmx.evaluate.window_nll``) and the check that the offsets ended
 identical on every rank (``brevitas_dmx.solver.trainer.sync_offsets``) are made of. It knows
 nothing of models or quantizers.
@@ -15,7 +15,6 @@ nothing of models or quantizers.
 Everything here is a no-op in a single process.
 """
 
-import builtins
 import os
 from typing import Dict, Optional
 
@@ -65,28 +64,12 @@ def is_main() -> bool:
 
 def setup() -> None:
     """Joins the process group started by the launcher (gloo on CPUs, NCCL on GPUs), through
-    accelerate's ``PartialState`` so that the Trainer later finds the same one, and keeps
-    ``print`` to rank 0. Nothing happens in a single process."""
+    accelerate's ``PartialState`` so that the Trainer later finds the same one. Nothing happens
+    in a single process."""
     if _env_int(("WORLD_SIZE",), 1) <= 1:
         return
     if not dist.is_initialized():
         PartialState(cpu=not torch.cuda.is_available())
-    if not is_main():
-        _silence_print()
-
-
-def _silence_print() -> None:
-    """Non-zero ranks print only with ``print(..., force=True)`` (the torchvision pattern)."""
-    original = builtins.print
-    if getattr(original, "_dmx_silenced", False):
-        return
-
-    def rank_print(*args, force: bool = False, **kwargs):
-        if force:
-            original(*args, **kwargs)
-
-    rank_print._dmx_silenced = True
-    builtins.print = rank_print
 
 
 def device() -> torch.device:

@@ -10,6 +10,7 @@ the budget, the model is finalized to fixed Brevitas MX quantizers and evaluated
 
 import gc
 import json
+import logging
 import os
 import random
 import resource
@@ -79,6 +80,9 @@ from brevitas_dmx.solver.trainer import load_offsets
 from brevitas_dmx.solver.trainer import NonFiniteLossError
 from brevitas_dmx.solver.trainer import OFFSETS_FILE
 from brevitas_dmx.solver.trainer import offsets_state_dict
+
+# By name: run as ``python -m brevitas_dmx.llm`` this module is __main__.
+logger = logging.getLogger("brevitas_dmx.llm")
 
 # A run folder's metrics (written at the end of a run; a re-targeting run reads its source's).
 METRICS_FILE = "metrics.json"
@@ -245,6 +249,27 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     resolve_model_path(args.model)
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """``[dMX] message``, or ``[pareto] message`` for the sweep's own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        tag = "pareto" if record.name == "brevitas_dmx.pareto" else "dMX"
+        return f"[{tag}] {super().format(record)}"
+
+
+def log_to_console() -> None:
+    """The package's progress messages on standard output, as ``[dMX] ...`` lines: rank 0's
+    only under several processes (the others' warnings still show). Called once per
+    process by the commands; a library user configures ``logging`` as they like."""
+    package = logging.getLogger("brevitas_dmx")
+    package.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
+    if not any(isinstance(h.formatter, _ConsoleFormatter) for h in package.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(_ConsoleFormatter())
+        package.addHandler(handler)
+        package.propagate = False
+
+
 def busy_machine_note(load: float, cores: int, threads: int, environ) -> Optional[str]:
     """Advice for a machine that other jobs already keep busy, where PyTorch would still start a
     thread per core: its threads then spin against the other jobs' (measured: a SmolLM2 step
@@ -252,7 +277,7 @@ def busy_machine_note(load: float, cores: int, threads: int, environ) -> Optiona
     if "OMP_NUM_THREADS" in environ or threads <= 1 or load < cores / 2:
         return None
     return (
-        f"[dMX] this machine is busy (load {load:.1f} on {cores} cores) and PyTorch runs "
+        f"this machine is busy (load {load:.1f} on {cores} cores) and PyTorch runs "
         f"{threads} threads: if the run is slow, start it again with OMP_NUM_THREADS=1")
 
 
@@ -323,7 +348,7 @@ def _sensitivity(args, model, calib, method: str):
         sort_keys=True)
     cached = _read_cache(args.dmx_sensitivity_cache, key)
     if cached is not None:
-        print(f"[dMX] {method} scores from {args.dmx_sensitivity_cache}")
+        logger.info(f"{method} scores from {args.dmx_sensitivity_cache}")
         return cached["scores"], cached["time_s"]
     exclude = _excluded_layers(args)
     score = kl_sensitivity if method == "kl" else fisher_sensitivity
@@ -375,7 +400,7 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
         sort_keys=True)
     cached = _read_cache(args.dmx_float_cache, key)
     if cached is not None:
-        print(f"[dMX] float NLL from {args.dmx_float_cache}")
+        logger.info(f"float NLL from {args.dmx_float_cache}")
         return torch.tensor(cached, dtype=torch.float64)
     nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
     _write_cache(args.dmx_float_cache, key, nll.tolist())
@@ -463,7 +488,7 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     resume = get_last_checkpoint(
         checkpoints) if args.dmx_resume and os.path.isdir(checkpoints) else None
     if resume:
-        print(f"[dMX] resuming from {resume}")
+        logger.info(f"resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
     offsets = offsets_state_dict(model)  # identical on every rank (DMXTrainer.train checks)
     if distributed.is_main():
@@ -487,19 +512,19 @@ def run_dmx(args) -> Dict:
     device = distributed.device()
     note = busy_machine_note(
         os.getloadavg()[0], os.cpu_count(), torch.get_num_threads(), os.environ)
-    if note and device.type == "cpu" and distributed.is_main():
-        print(note)
+    if note and device.type == "cpu":
+        logger.info(note)
 
-    print(f"[dMX] data: {args.dataset}")
+    logger.info(f"data: {args.dataset}")
     tokenizer = load_tokenizer(args.model)
     calib_text, eval_text = _texts(args)
     calib = calibration_samples(tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
     windows = evaluation_windows(tokenizer, eval_text, args.seqlen, args.dmx_eval_windows)
-    print(
-        f"[dMX] {len(calib)} calibration samples and {len(windows)} evaluation windows of "
+    logger.info(
+        f"{len(calib)} calibration samples and {len(windows)} evaluation windows of "
         f"{args.seqlen} tokens")
 
-    print(f"[dMX] model: {args.model}")
+    logger.info(f"model: {args.model}")
     model = load_model(args.model, args.dtype).to(device)
     file_map = None  # read once here, after validate() checked its formats
     if method == "map":
@@ -519,7 +544,7 @@ def run_dmx(args) -> Dict:
     }
     float_nll = _float_window_nll(args, model, windows, metrics["eval_fingerprint"], device)
     metrics["float_ppl"] = perplexity_of(float_nll, args.seqlen)
-    print(f"[dMX] float perplexity {metrics['float_ppl']:.3f}")
+    logger.info(f"float perplexity {metrics['float_ppl']:.3f}")
     if method == "float":
         metrics["quant_ppl"] = metrics["float_ppl"]
         metrics["window_nll"] = float_nll.tolist()
@@ -539,8 +564,8 @@ def run_dmx(args) -> Dict:
         raise UsageError(f"--model {args.model}: no Linear layers to quantize")
     if args.dmx_tie != "none":
         dmx.tie_offsets(model, dmx.tie_groups(model, args.dmx_tie))
-    print(
-        f"[dMX] {len(layers)} layers with a learnable format, "
+    logger.info(
+        f"{len(layers)} layers with a learnable format, "
         f"{len(dmx.dmx_offsets(model))} offsets")
 
     ladder = LADDERS[args.dmx_ladder]
@@ -550,7 +575,7 @@ def run_dmx(args) -> Dict:
             key = _uniform_key(fmt)
             metrics[key] = perplexity_of(
                 window_nll(model, windows, args.dmx_eval_batch_size, key), args.seqlen)
-            print(f"[dMX] uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {metrics[key]:.3f}")
+            logger.info(f"uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {metrics[key]:.3f}")
         dmx.clear_format_pins(model)
 
     weighting_kwargs = dict(
@@ -563,7 +588,7 @@ def run_dmx(args) -> Dict:
                 torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
             metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
             metrics["retargeted_steps"] = _source_train_steps(args.dmx_retarget_from)
-            print(f"[dMX] offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
+            logger.info(f"offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
         else:
             metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
             metrics["train_time_s"] = time.perf_counter() - search_start
@@ -680,7 +705,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
     results = args.dmx_results or os.path.join(out_dir, "results.jsonl")
     append_result(results, metrics, args)
     print(_summary(metrics))
-    print(f"[dMX] {_written_summary(out_dir, deployed)}; appended to {results}")
+    logger.info(f"{_written_summary(out_dir, deployed)}; appended to {results}")
     return metrics
 
 
@@ -803,6 +828,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (UsageError, DataError, ModelError, FileNotFoundError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
+    log_to_console()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     interrupted = None
     try:

