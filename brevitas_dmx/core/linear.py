@@ -15,18 +15,14 @@ exactly; gradients equal them up to the order of float sums in the matrix produc
 Each pass is one call into the element kernels (``linear_forward_kernel``,
 ``linear_backward_kernel``: both quantizers and the products), where it can be: compiled, a call
 costs ~0.2 ms of dispatch and guard checks on a slow host, which at 256 tokens was more than a
-small layer's element work. Sampled rows and shared weights (below), formats that are not
-scalars, two scale rules and an input format without a gradient take the same steps in parts.
+small layer's element work. Shared weights (below), formats that are not scalars, two scale
+rules and an input format without a gradient take the same steps in parts.
 
 The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
-float step (frozen weights) does not have: 1.5x the float step's products at the least. With
-``weight_grad_tokens`` set (an experiment, not a recommended setting), that product runs over a
-systematic sample of the tokens (every s-th row from a random start, s = ceil(rows /
-weight_grad_tokens)) scaled by s: each row is in the sample with probability exactly 1/s, so the
-estimate is unbiased. Only the weight's format gradient is estimated; the input gradient and the
-input's format gradient stay exact. Measured (BENCHMARKS.md, 'How long does a search take?'):
-at s = 8 the step is faster at 2048 tokens, but the offsets' gradient spread doubles, which
-costs more than training on a smaller batch would; hence it is not a command-line option.
+float step (frozen weights) does not have: 1.5x the float step's products at the least. It is
+computed over every token: estimating it from a sample of the tokens made the step faster but
+the offsets' gradient noisier than a smaller batch would (BENCHMARKS.md, 'How long does a search
+take?').
 
 Inside ``brevitas_dmx.batched_formats`` (the trainer's default) the layer takes its two
 quantizers' format constants and width Jacobians from the model-wide ``FormatBatch``; otherwise it
@@ -63,15 +59,6 @@ from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 from brevitas_dmx.functional import width_jacobian
 from brevitas_dmx.functional import width_shape
-
-
-def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
-    """(stride, start) of the rows that estimate the weight's format gradient: every row (1, 0)
-    when ``weight_grad_tokens`` is None or covers them, else a random start below the stride."""
-    if weight_grad_tokens is None or weight_grad_tokens >= rows:
-        return 1, 0
-    stride = -(-rows // weight_grad_tokens)
-    return stride, int(torch.randint(stride, ()))
 
 
 def _pairable(e_x, m_x, e_w, m_w) -> bool:
@@ -221,21 +208,7 @@ def _detached(*tensors):
 class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
-    def forward(
-            ctx,
-            x,
-            weight,
-            bias,
-            e_w,
-            m_w,
-            e_x,
-            m_x,
-            group,
-            rule_w,
-            rule_x,
-            grad_tokens,
-            batched,
-            shared):
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, batched, shared):
         # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
         # None to compute them here. shared: a _SharedWeight under gradient accumulation.
         if batched is None:
@@ -262,7 +235,7 @@ class _DMXLinear(torch.autograd.Function):
             out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
-        ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
+        ctx.settings = (group, rule_w, rule_x, bias is not None)
         # the quantized weight and whether this pass ends the step, as of this forward pass (the
         # layer may run again, or the next micro-batch start, before this backward)
         ctx.shared = None if shared is None else (shared, wq, shared.last)
@@ -272,17 +245,15 @@ class _DMXLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
         const_x, const_w, jacobian = tuple(constants[:4]), tuple(constants[4:8]), constants[8:]
-        group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
+        group, rule_w, rule_x, has_bias = ctx.settings
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        # d loss / d (quantized weight) = grad^T @ quantized input, over a sample of the rows
-        stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
         shared, wq, last = ctx.shared or (None, None, None)
         ctx.shared = None
         grad_x = grad_e_x = grad_m_x = None
-        if shared is None and stride == 1 and jacobian and need_fx:
+        if shared is None and jacobian and need_fx:
             # the common case: one kernel call (the Jacobians exist where both formats are
             # scalars with one scale rule); else the same steps in parts
             grad_x, sums_x, sums_w = linear_backward_kernel(
@@ -295,12 +266,10 @@ class _DMXLinear(torch.autograd.Function):
             shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
             xb = x.unflatten(-1, (-1, group))
             wb = weight.unflatten(-1, (-1, group))
-            x_rows = xb.reshape(-1, *xb.shape[-2:])
-            if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
-                x_rows = x_rows[start::stride].contiguous()
-            xq, _ = forward_kernel(x_rows, const_x, rule_x)
-            grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
-            del xq, x_rows
+            # d loss / d (quantized weight) = grad^T @ quantized input
+            xq, _ = forward_kernel(xb.reshape(-1, *xb.shape[-2:]), const_x, rule_x)
+            grad_wq = _weight_grad(grad_2d.t(), xq.flatten(-2), shared)
+            del xq
             if shared is None:
                 wq, *sums_w = values_backward_kernel(
                     wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
@@ -342,19 +311,16 @@ class _DMXLinear(torch.autograd.Function):
             None,
             None,
             None,
-            None,
             None)
 
 
-def _weight_grad(grad_t: Tensor, xq: Tensor, stride: int, shared: Optional[_SharedWeight]):
-    """d loss / d (quantized weight) = ``stride * grad_t @ xq``; with ``shared``, summed over
-    the step's micro-batches so far (within the product: no second weight-sized tensor)."""
+def _weight_grad(grad_t: Tensor, xq: Tensor, shared: Optional[_SharedWeight]):
+    """d loss / d (quantized weight) = ``grad_t @ xq``; with ``shared``, summed over the step's
+    micro-batches so far (within the product: no second weight-sized tensor)."""
     xq = xq.to(grad_t.dtype)
     if shared is not None and shared.grad is not None:
-        return shared.grad.addmm_(grad_t, xq, alpha=stride)
+        return shared.grad.addmm_(grad_t, xq)
     grad_wq = grad_t.mm(xq)
-    if stride > 1:
-        grad_wq.mul_(stride)
     if shared is not None:
         shared.grad = grad_wq
     return grad_wq
@@ -399,13 +365,9 @@ class DMXQuantLinear(qnn.QuantLinear):
     """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
     layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
 
-    ``weight_grad_tokens``: None (exact) or how many tokens estimate the weight's format gradient
-    (module docstring); ``set_weight_grad_tokens`` sets it on a whole model.
-
     ``weight_reuse``: a ``WeightReuse`` while micro-batches share the weight work
     (``brevitas_dmx.reusing_quantized_weights``), else None."""
 
-    weight_grad_tokens: Optional[int] = None
     weight_reuse: Optional[WeightReuse] = None
 
     def forward(self, input):
@@ -428,20 +390,8 @@ class DMXQuantLinear(qnn.QuantLinear):
             wq.group_size,
             wq.scale_rule,
             xq.scale_rule,
-            self.weight_grad_tokens,
             _batched_layer_formats(wq, xq, input, self.weight),
             None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
-
-
-def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> None:
-    """Estimate every ``DMXQuantLinear``'s weight format gradient from ``tokens`` tokens per
-    micro-batch (None: exact)."""
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or
-                               tokens < 1):
-        raise ValueError(f"weight_grad_tokens must be a positive integer or None, got {tokens!r}.")
-    for layer in model.modules():
-        if isinstance(layer, DMXQuantLinear):
-            layer.weight_grad_tokens = tokens
 
 
 def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
