@@ -41,7 +41,8 @@ output quantizer, a feature count that is not a multiple of the block) takes
 ``qnn.QuantLinear``'s own path.
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import brevitas.nn as qnn
 import torch
@@ -59,6 +60,21 @@ from brevitas_dmx.functional import values_backward_kernel
 from brevitas_dmx.functional import width_grads
 from brevitas_dmx.functional import width_jacobian
 from brevitas_dmx.functional import width_shape
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """What stays fixed within one call of the fused step: the block size (features per scale)
+    and the scale rules (``SCALE_RULES``) of the weight and of the input."""
+
+    group: int
+    rule_w: str
+    rule_x: str
+
+
+# (input constants, weight constants, width Jacobians of shape (2, 2, 3) or None): a fused
+# layer's two formats as the element kernels take them (``FormatBatch.layer_formats``)
+LayerFormats = Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...], Optional[Tensor]]
 
 
 def _pairable(e_x, m_x, e_w, m_w) -> bool:
@@ -206,14 +222,18 @@ def _detached(*tensors):
 
 
 class _DMXLinear(torch.autograd.Function):
+    """The fused training step (``fused_linear``). Its first seven inputs are the tensors that
+    autograd tracks; the last three are not tensors and get no gradient: ``spec``, ``formats``
+    (``LayerFormats`` from a ``FormatBatch``, or None to compute them here) and ``shared`` (a
+    ``_SharedWeight`` under gradient accumulation, else None): what holds for one call, for one
+    forward pass and for one optimizer step."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, group, rule_w, rule_x, batched, shared):
-        # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
-        # None to compute them here. shared: a _SharedWeight under gradient accumulation.
-        if batched is None:
-            batched = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
-        const_x, const_w, jacobian = batched
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared):
+        group, rule_w, rule_x = spec.group, spec.rule_w, spec.rule_x
+        if formats is None:
+            formats = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
+        const_x, const_w, jacobian = formats
         # detached once, here: backward gets them from the saved tensors as they are
         const_x, const_w = _detached(*const_x), _detached(*const_w)
         jacobian = () if jacobian is None else (jacobian,)
@@ -235,7 +255,7 @@ class _DMXLinear(torch.autograd.Function):
             out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
-        ctx.settings = (group, rule_w, rule_x, bias is not None)
+        ctx.spec = spec
         # the quantized weight and whether this pass ends the step, as of this forward pass (the
         # layer may run again, or the next micro-batch start, before this backward)
         ctx.shared = None if shared is None else (shared, wq, shared.last)
@@ -245,7 +265,8 @@ class _DMXLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
         const_x, const_w, jacobian = tuple(constants[:4]), tuple(constants[4:8]), constants[8:]
-        group, rule_w, rule_x, has_bias = ctx.settings
+        group, rule_w, rule_x = ctx.spec.group, ctx.spec.rule_w, ctx.spec.rule_x
+        # need_b is False where the bias is None: autograd sees no tensor there
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
@@ -298,20 +319,8 @@ class _DMXLinear(torch.autograd.Function):
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
             if need_fw:
                 grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
-        grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
-        return (
-            grad_x,
-            None,
-            grad_bias,
-            grad_e_w,
-            grad_m_w,
-            grad_e_x,
-            grad_m_x,
-            None,
-            None,
-            None,
-            None,
-            None)
+        grad_bias = grad_2d.sum(0) if need_b else None
+        return grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None
 
 
 def _weight_grad(grad_t: Tensor, xq: Tensor, shared: Optional[_SharedWeight]):
@@ -324,6 +333,26 @@ def _weight_grad(grad_t: Tensor, xq: Tensor, shared: Optional[_SharedWeight]):
     if shared is not None:
         shared.grad = grad_wq
     return grad_wq
+
+
+def fused_linear(
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        e_w: Tensor,
+        m_w: Tensor,
+        e_x: Tensor,
+        m_x: Tensor,
+        spec: LinearSpec,
+        formats: Optional[LayerFormats] = None,
+        shared: Optional[_SharedWeight] = None) -> Tensor:
+    """``F.linear`` of the input and the weight, each MX-quantized in blocks of ``spec.group``
+    features with its own format (``e_x``, ``m_x``; ``e_w``, ``m_w``) and scale rule, keeping only
+    the input, the weight and the block scales for backward (module docstring). ``formats``:
+    both quantizers' constants and Jacobians from a ``FormatBatch`` (``layer_formats``), or None
+    to compute them here; ``shared``: the layer's state from ``WeightReuse.begin``, or None. The
+    weight gets no gradient (the fused path is for frozen weights)."""
+    return _DMXLinear.apply(x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared)
 
 
 def fused_quantizers(layer: qnn.QuantLinear):
@@ -379,7 +408,7 @@ class DMXQuantLinear(qnn.QuantLinear):
         wq.last_input_shape = tuple(self.weight.shape)
         e_w, m_w = wq.widths_on(input.device)
         e_x, m_x = xq.widths_on(input.device)
-        return _DMXLinear.apply(
+        return fused_linear(
             input,
             self.weight,
             self.bias,
@@ -387,9 +416,7 @@ class DMXQuantLinear(qnn.QuantLinear):
             m_w,
             e_x,
             m_x,
-            wq.group_size,
-            wq.scale_rule,
-            xq.scale_rule,
+            LinearSpec(wq.group_size, wq.scale_rule, xq.scale_rule),
             _batched_layer_formats(wq, xq, input, self.weight),
             None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
 
