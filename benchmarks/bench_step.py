@@ -117,7 +117,7 @@ def quantize(model, variant):
     from brevitas.graph.quantize import layerwise_quantize
     import brevitas.nn as qnn
 
-    from brevitas_dmx.core.linear import DMXQuantLinear
+    from brevitas_dmx.nn import DMXQuantLinear
     from brevitas_dmx.quant import DMXFloatAct
     from brevitas_dmx.quant import DMXFloatWeight
     from brevitas_dmx.quant.fixed import fixed_mx_quantizer

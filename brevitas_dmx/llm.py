@@ -248,7 +248,7 @@ def _layer_map(args):
     weight = getattr(quant, weight_name).let(dmx_scale_rule=args.dmx_scale_rule)
     act = None if args.dmx_weights_only else getattr(quant, act_name).let(
         dmx_scale_rule=args.dmx_scale_rule)
-    from brevitas_dmx.core.linear import DMXQuantLinear  # qnn.QuantLinear, leaner training step
+    from brevitas_dmx.nn import DMXQuantLinear  # qnn.QuantLinear, leaner training step
     return {
         nn.Linear:
             (

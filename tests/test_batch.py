@@ -10,12 +10,12 @@ import torch
 import brevitas_dmx as dmx
 from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import offset_widths
-from brevitas_dmx.core.linear import dmx_linear_map
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import width_jacobian
 from brevitas_dmx.model import dmx_quantizers
+from brevitas_dmx.nn import dmx_linear_map
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight

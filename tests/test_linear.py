@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import brevitas_dmx as dmx
-from brevitas_dmx.core.linear import DMXQuantLinear
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.profiling import saved_tensor_bytes
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct

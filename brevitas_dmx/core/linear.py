@@ -1,6 +1,8 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-"""A Linear layer whose dMX training step keeps little for backward.
+"""The math of the fused dMX Linear training step: one autograd function that keeps little for
+backward (``fused_linear``), and the sharing of the weight work between micro-batches
+(``WeightReuse``). The layer that uses them is ``brevitas_dmx.nn.DMXQuantLinear``.
 
 In ``qnn.QuantLinear`` the fake-quantized input and weight are new tensors that the matrix
 product keeps for backward, besides what the quantizers keep: with frozen weights that is one
@@ -35,16 +37,11 @@ changes only at the optimizer step, so the first micro-batch's quantized weight 
 and since the weight's format gradient is linear in d loss / d (quantized weight), that product
 is summed over the micro-batches and the weight's element sums run once, in the last one's
 backward. The cost is two weight-sized tensors per layer held within the step.
-
-Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
-output quantizer, a feature count that is not a multiple of the block) takes
-``qnn.QuantLinear``'s own path.
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-import brevitas.nn as qnn
 import torch
 from torch import Tensor
 import torch.nn.functional as F
@@ -353,83 +350,3 @@ def fused_linear(
     to compute them here; ``shared``: the layer's state from ``WeightReuse.begin``, or None. The
     weight gets no gradient (the fused path is for frozen weights)."""
     return _DMXLinear.apply(x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared)
-
-
-def fused_quantizers(layer: qnn.QuantLinear):
-    """(weight DMXFloatQuant, input DMXFloatQuant) when ``layer``'s training step can take the
-    fused path, else None."""
-    from brevitas_dmx.proxy import dmx_quant_of
-    if not (layer.training and torch.is_grad_enabled()) or layer.return_quant_tensor:
-        return None
-    if layer.weight.requires_grad:  # dMX freezes the weights; training them takes the stock path
-        return None
-    if layer.output_quant.is_quant_enabled or (layer.bias is not None and
-                                               layer.bias_quant.is_quant_enabled):
-        return None
-    if not (layer.weight_quant.is_quant_enabled and layer.input_quant.is_quant_enabled):
-        return None
-    wq, xq = dmx_quant_of(layer.weight_quant), dmx_quant_of(layer.input_quant)
-    if wq is None or xq is None or wq.is_pinned or xq.is_pinned:
-        return None
-    if wq.group_size != xq.group_size or layer.in_features % wq.group_size:
-        return None
-    if wq.group_dim not in (1, -1) or xq.group_dim != -1:
-        return None
-    return wq, xq
-
-
-def _batched_layer_formats(wq, xq, x: Tensor, weight: Tensor):
-    """The layer's constants and Jacobians from the FormatBatch that computed both its
-    quantizers' formats for this pass (``brevitas_dmx.core.batch``), or None."""
-    if wq._batched is None or xq._batched is None:
-        return None
-    batch, k_w = wq._batched
-    other, k_x = xq._batched
-    if other is not batch or batch.e[k_w].device != x.device:
-        return None
-    return batch.layer_formats(k_x, k_w, x.dtype, weight.dtype)
-
-
-class DMXQuantLinear(qnn.QuantLinear):
-    """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
-    layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
-
-    ``weight_reuse``: a ``WeightReuse`` while micro-batches share the weight work
-    (``brevitas_dmx.reusing_quantized_weights``), else None."""
-
-    weight_reuse: Optional[WeightReuse] = None
-
-    def forward(self, input):
-        quants = fused_quantizers(self) if isinstance(input, Tensor) else None
-        if quants is None or self.export_mode:
-            return super().forward(input)
-        wq, xq = quants
-        xq.last_input_shape = tuple(input.shape)
-        wq.last_input_shape = tuple(self.weight.shape)
-        e_w, m_w = wq.widths_on(input.device)
-        e_x, m_x = xq.widths_on(input.device)
-        return fused_linear(
-            input,
-            self.weight,
-            self.bias,
-            e_w,
-            m_w,
-            e_x,
-            m_x,
-            LinearSpec(wq.group_size, wq.scale_rule, xq.scale_rule),
-            _batched_layer_formats(wq, xq, input, self.weight),
-            None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
-
-
-def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
-    """A ``layerwise_quantize`` map that puts ``DMXQuantLinear`` on every ``nn.Linear``."""
-    return {
-        torch.nn.Linear:
-            (
-                DMXQuantLinear,
-                dict(
-                    weight_quant=weight_quant,
-                    input_quant=input_quant,
-                    return_quant_tensor=False,
-                    **kwargs))
-    }
