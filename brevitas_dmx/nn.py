@@ -47,10 +47,11 @@ def fused_quantizers(layer: qnn.QuantLinear):
 def _batched_layer_formats(wq, xq, x: Tensor, weight: Tensor):
     """The layer's constants and Jacobians from the FormatBatch that computed both its
     quantizers' formats for this pass (``brevitas_dmx.core.batch``), or None."""
-    if wq._batched is None or xq._batched is None:
+    slot_w, slot_x = wq.batch_slot, xq.batch_slot
+    if slot_w is None or slot_x is None:
         return None
-    batch, k_w = wq._batched
-    other, k_x = xq._batched
+    batch, k_w = slot_w
+    other, k_x = slot_x
     if other is not batch or batch.e[k_w].device != x.device:
         return None
     return batch.layer_formats(k_x, k_w, x.dtype, weight.dtype)
