@@ -41,19 +41,16 @@ import time
 import torch
 from torch import nn
 
-from brevitas_dmx.core.linear import set_weight_grad_tokens
 from brevitas_dmx.profiling import saved_tensor_bytes
 
 # dmx-unfused: the learnable quantizers in a stock qnn.QuantLinear (before the fused step);
 # dmx: DMXQuantLinear with all formats computed at once per pass (batched_formats), what the
 # trainer of brevitas_dmx_llm runs; dmx-unbatched: DMXQuantLinear, each quantizer computing its
 # own format (before batched_formats); dmx-compiled: dmx with torch.compile;
-# *-sampled: the weight's format gradient estimated from --weight-grad-tokens tokens;
 # *-noreuse: with --micro-batches, every micro-batch quantizes the weights and runs their
 # element sums (before reusing_quantized_weights, which the others use as the trainer does).
 # dMX steps include the trainer's bit penalty (target-aware, memory average with scales).
 VARIANTS = ("float", "brevitas-mxfp8", "dmx-unfused", "dmx", "dmx-compiled")
-SAMPLED = ("dmx-sampled", "dmx-compiled-sampled")
 OTHERS = ("dmx-unbatched", "dmx-noreuse", "dmx-compiled-noreuse")
 
 
@@ -120,7 +117,7 @@ def quantize(model, variant):
     from brevitas.graph.quantize import layerwise_quantize
     import brevitas.nn as qnn
 
-    from brevitas_dmx.core.linear import DMXQuantLinear
+    from brevitas_dmx.nn import DMXQuantLinear
     from brevitas_dmx.quant import DMXFloatAct
     from brevitas_dmx.quant import DMXFloatWeight
     from brevitas_dmx.quant.fixed import fixed_mx_quantizer
@@ -251,12 +248,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"any of {VARIANTS + SAMPLED + OTHERS}")
-    parser.add_argument(
-        "--weight-grad-tokens",
-        type=int,
-        default=256,
-        help="tokens per step that estimate the weight format gradient (*-sampled variants)")
+        "--variants", default=",".join(VARIANTS), help=f"any of {VARIANTS + OTHERS}")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument(
@@ -281,8 +273,6 @@ def main():
     steps, forwards = {}, {}
     for variant in variants:
         model = quantize(copy.deepcopy(base), variant).to(device)
-        if variant.endswith("-sampled"):
-            set_weight_grad_tokens(model, args.weight_grad_tokens)
         steps[variant], forwards[variant] = make_step(
             model, variant, input_ids, device, args.micro_batches)
     del base
@@ -330,14 +320,12 @@ def main():
     name = f"CPU x{torch.get_num_threads()}"
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
-    sampled = any(v.endswith("-sampled") for v in variants)
     print(
         f"device: {name}, torch {torch.__version__}, model {args.model}"
         f"{f' ({args.layers} layers, vocab {vocab})' if args.model != 'smollm2-135m' else ''}, "
         f"batch {args.batch}x{args.tokens}"
         f"{f' x {args.micro_batches} micro-batches' if args.micro_batches > 1 else ''}, "
-        f"{args.dtype}, median of {args.repeats} interleaved"
-        f"{f', sampled weight grad from {args.weight_grad_tokens} tokens' if sampled else ''}")
+        f"{args.dtype}, median of {args.repeats} interleaved")
     peak_name = "CUDA peak over start (MiB)" if device.type == "cuda" else "peak RSS over start (MiB)"
     print(
         f"| variant | step (s) | vs float | vs Brevitas MXFP8 | saved for bwd (MiB) | vs float "

@@ -15,9 +15,9 @@ import argparse
 
 import torch
 
-import brevitas_dmx as dmx
 from brevitas_dmx import functional
-from brevitas_dmx.core.linear import DMXQuantLinear
+import brevitas_dmx as dmx
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 

@@ -38,7 +38,6 @@ from brevitas_dmx.baselines import linear_layers
 from brevitas_dmx.baselines import mlp_high_map
 from brevitas_dmx.baselines import unit_scores
 from brevitas_dmx.config import HUB_DATASETS
-from brevitas_dmx.core.linear import DMXQuantLinear
 from brevitas_dmx.data import calibration_samples
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
@@ -67,6 +66,7 @@ from brevitas_dmx.models import load_model
 from brevitas_dmx.models import load_tokenizer
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.solver import DMXTrainer
 from brevitas_dmx.solver import project_model
 from brevitas_dmx.solver import ScalingPenalty

@@ -18,7 +18,6 @@ from brevitas_dmx.config import TIE_PRESETS
 from brevitas_dmx.config import WEIGHTINGS
 from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import quantizer_widths
-from brevitas_dmx.core.linear import DMXQuantLinear
 from brevitas_dmx.core.linear import WeightReuse
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
@@ -26,6 +25,7 @@ from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import format_from_bits
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant.fixed import fixed_mx_quantizer
 

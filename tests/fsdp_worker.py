@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from brevitas_dmx import distributed
-from brevitas_dmx.core.linear import dmx_linear_map
 from brevitas_dmx.model import dmx_offsets
+from brevitas_dmx.nn import dmx_linear_map
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 from brevitas_dmx.solver import TargetAwarePenalty

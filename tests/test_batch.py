@@ -10,12 +10,12 @@ import torch
 import brevitas_dmx as dmx
 from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import offset_widths
-from brevitas_dmx.core.linear import dmx_linear_map
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import width_jacobian
 from brevitas_dmx.model import dmx_quantizers
+from brevitas_dmx.nn import dmx_linear_map
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
@@ -71,7 +71,7 @@ def test_batched_widths_and_constants_equal_each_quantizers_own():
     batch = FormatBatch(dmx_quantizers(model))
     batch.compute()
     pinned = [q for q in batch.quantizers if q.is_pinned]
-    assert pinned and all(q._batched is None for q in pinned)
+    assert pinned and all(q.batch_slot is None for q in pinned)
     for k, quant in enumerate(batch.live):
         e, m = quant.offset.ladder.widths(quant.offset())
         torch.testing.assert_close(batch.e[k], e, rtol=1e-6, atol=0)
@@ -99,11 +99,11 @@ def test_batched_formats_are_exact_at_hardware_formats():
 
 
 def _watch_first_layer(model):
-    """(the first dMX layer's weight quantizer, the ``_batched`` it saw at each forward, hook)."""
+    """(the first dMX layer's weight quantizer, the ``batch_slot`` it saw at each forward, hook)."""
     _, layer = dmx.dmx_layers(model)[0]
     quant = dmx_quant_of(layer.weight_quant)
     seen = []
-    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(quant._batched))
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(quant.batch_slot))
     return quant, seen, handle
 
 
@@ -112,7 +112,7 @@ def test_the_batch_lives_only_inside_the_forward_pass():
     quant, seen, _ = _watch_first_layer(model)
     with dmx.batched_formats(model):
         model(input_ids=torch.arange(12).reshape(1, 12))
-        assert seen[-1] is not None and quant._batched is None
+        assert seen[-1] is not None and quant.batch_slot is None
         quant.offset.raw_offset.data.add_(0.5)  # a step after the pass: the widths follow it
         e, _ = quant.widths()
         assert torch.equal(e, quant.offset.ladder.widths(quant.offset())[0])
@@ -137,7 +137,7 @@ def test_the_batch_is_dropped_when_the_forward_pass_fails():
     with dmx.batched_formats(model):
         with pytest.raises(Exception):
             model(input_ids=torch.full((1, 4), 10**6))  # out of the vocabulary
-        assert all(q._batched is None for q in dmx_quantizers(model))
+        assert all(q.batch_slot is None for q in dmx_quantizers(model))
 
 
 def test_offset_widths_of_mixed_offsets_equal_their_own():
@@ -193,7 +193,7 @@ def test_the_trainer_computes_the_formats_in_one_batch(monkeypatch, tmp_path):
         train_dataset=data)
     trainer.train()
     assert len(computed) == 2  # one batch per forward pass
-    assert all(q._batched is None for q in dmx_quantizers(model))
+    assert all(q.batch_slot is None for q in dmx_quantizers(model))
 
 
 def test_fused_layers_of_a_batch_take_their_width_gradients_from_its_jacobians(monkeypatch):

@@ -8,10 +8,7 @@ import pytest
 import torch
 
 import brevitas_dmx as dmx
-from brevitas_dmx.core import linear
-from brevitas_dmx.core.linear import DMXQuantLinear
-from brevitas_dmx.core.linear import sample_stride_and_start
-from brevitas_dmx.core.linear import set_weight_grad_tokens
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.profiling import saved_tensor_bytes
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct
@@ -70,58 +67,6 @@ def test_eval_and_no_grad_take_the_stock_path():
     fused.train(), stock.train()
     with torch.no_grad():
         assert torch.equal(stock(x), fused(x))
-
-
-def _offset_grads(layer, x):
-    """(input grad, offset grad) of one step of ``layer`` (weight and input share the offset)."""
-    (offset,) = dmx.dmx_offsets(layer)
-    offset.raw_offset.grad = None
-    xx = x.clone().requires_grad_(True)
-    layer(xx).pow(2).sum().backward()
-    return xx.grad, offset.raw_offset.grad.clone()
-
-
-def test_sample_stride_and_start():
-    assert sample_stride_and_start(15, None) == (1, 0)
-    assert sample_stride_and_start(15, 15) == (1, 0)
-    starts = {sample_stride_and_start(15, 4)[1] for _ in range(200)}
-    assert sample_stride_and_start(15, 4)[0] == 4 and starts == {0, 1, 2, 3}
-
-
-def test_sampled_weight_format_grad_averages_to_the_exact_one(monkeypatch):
-    _, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.3)
-    x = torch.randn(3, 5, 96) * torch.logspace(-2, 1, 96)
-    exact = _offset_grads(fused, x)[1]
-    set_weight_grad_tokens(fused, 4)  # 15 rows: every 4th row from start 0, 1, 2 or 3
-    sampled = []
-    for start in range(4):
-        monkeypatch.setattr(linear, "sample_stride_and_start", lambda rows, n, s=start: (4, s))
-        sampled.append(_offset_grads(fused, x)[1])
-    assert not torch.allclose(sampled[0], exact, rtol=1e-3)  # one sample is an estimate
-    torch.testing.assert_close(torch.stack(sampled).mean(0), exact, rtol=1e-5, atol=1e-7)
-
-
-def test_sampled_weight_grad_keeps_the_input_grad_exact():
-    _, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 0.7)
-    x = torch.randn(2, 8, 96)
-    grad_x = _offset_grads(fused, x)[0]
-    set_weight_grad_tokens(fused, 3)
-    assert torch.equal(_offset_grads(fused, x)[0], grad_x)
-
-
-def test_weight_grad_tokens_covering_every_row_is_exact():
-    _, fused = _pair(True, DMXFloatWeight, DMXFloatAct, 1.6)
-    x = torch.randn(2, 8, 96)
-    exact = _offset_grads(fused, x)
-    set_weight_grad_tokens(fused, 16)
-    for a, b in zip(exact, _offset_grads(fused, x)):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("tokens", [0, -3, 2.5, True])
-def test_set_weight_grad_tokens_rejects_non_positive_integers(tokens):
-    with pytest.raises(ValueError, match="positive integer"):
-        set_weight_grad_tokens(DMXQuantLinear(32, 8, weight_quant=DMXFloatWeight), tokens)
 
 
 def _step(layer, x):

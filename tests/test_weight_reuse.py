@@ -9,7 +9,8 @@ import torch
 
 import brevitas_dmx as dmx
 from brevitas_dmx.core import linear
-from brevitas_dmx.core.linear import dmx_linear_map
+from brevitas_dmx.nn import dmx_linear_map
+from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 from brevitas_dmx.solver import DMXTrainer
@@ -68,7 +69,7 @@ def test_shared_weight_work_gives_the_losses_and_gradients_of_recomputing_it():
 
 def test_each_weight_is_quantized_once_and_summed_once_per_step(monkeypatch):
     model = _model()
-    layers = [m for m in model.modules() if isinstance(m, linear.DMXQuantLinear)]
+    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
     weight_shapes = {tuple(m.weight.unflatten(-1, (-1, 32)).shape) for m in layers}
     forwards = _count_calls(monkeypatch, "forward_kernel")
     sums = _count_calls(monkeypatch, "sums_kernel")
@@ -86,7 +87,7 @@ def test_nothing_is_held_after_the_step():
         _accumulated_step(model, reuse)
         assert not reuse.pending
         assert all(s.values is None and s.grad is None for s in reuse._shared.values())
-    layers = [m for m in model.modules() if isinstance(m, linear.DMXQuantLinear)]
+    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
     assert all(m.weight_reuse is None for m in layers)
 
 
@@ -98,7 +99,7 @@ def test_a_step_of_one_micro_batch_shares_nothing(monkeypatch):
         assert reuse.last
         model(input_ids=ids, labels=ids).loss.backward()
         assert not reuse._shared
-    assert len(fused) == sum(isinstance(m, linear.DMXQuantLinear) for m in model.modules())
+    assert len(fused) == sum(isinstance(m, DMXQuantLinear) for m in model.modules())
 
 
 def test_a_format_change_within_a_step_is_refused():
@@ -114,7 +115,7 @@ def test_a_format_change_within_a_step_is_refused():
 
 
 def _dmx_linear():
-    return linear.DMXQuantLinear(
+    return DMXQuantLinear(
         64,
         64,
         bias=False,
@@ -210,7 +211,7 @@ def test_trainer_accumulating_two_micro_batches_follows_the_batch_of_both(tmp_pa
     sums = _count_calls(monkeypatch, "sums_kernel")
     values = _count_calls(monkeypatch, "values_backward_kernel")
     accumulated = _trained_offsets(tmp_path, batch_size=2, accumulation=2)
-    layers = sum(isinstance(m, linear.DMXQuantLinear) for m in _model().modules())
+    layers = sum(isinstance(m, DMXQuantLinear) for m in _model().modules())
     assert len(sums) == 2 * layers and not values  # shared: one weight sum per layer and step
     assert float(whole.abs().min()) > 1e-4  # every offset trained
     torch.testing.assert_close(accumulated, whole, rtol=1e-4, atol=1e-6)
@@ -220,7 +221,7 @@ def test_trainer_recomputes_the_weights_in_every_micro_batch_when_told(tmp_path,
     sums = _count_calls(monkeypatch, "sums_kernel")
     fused = _count_calls(monkeypatch, "linear_backward_kernel")  # the unshared backward
     _trained_offsets(tmp_path, batch_size=2, accumulation=2, reuse=False)
-    layers = sum(isinstance(m, linear.DMXQuantLinear) for m in _model().modules())
+    layers = sum(isinstance(m, DMXQuantLinear) for m in _model().modules())
     assert len(fused) == 2 * 2 * layers and not sums
 
 

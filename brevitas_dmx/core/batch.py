@@ -115,7 +115,7 @@ class FormatBatch:
         self.e, self.m = e.unbind(), m.unbind()
         self.live = live
         for k, quant in enumerate(live):
-            quant._batched = (self, k)
+            quant.attach_batch(self, k)
 
     @staticmethod
     def _jacobians(live, e: Tensor, m: Tensor) -> Tensor:
@@ -127,7 +127,7 @@ class FormatBatch:
 
     def clear(self) -> None:
         for quant in self.live:
-            quant._batched = None
+            quant.detach_batch()
         self.live, self.e, self.m = [], (), ()
         self._constants, self._jacobian = {}, None
 

@@ -1,6 +1,8 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
-"""A Linear layer whose dMX training step keeps little for backward.
+"""The math of the fused dMX Linear training step: one autograd function that keeps little for
+backward (``fused_linear``), and the sharing of the weight work between micro-batches
+(``WeightReuse``). The layer that uses them is ``brevitas_dmx.nn.DMXQuantLinear``.
 
 In ``qnn.QuantLinear`` the fake-quantized input and weight are new tensors that the matrix
 product keeps for backward, besides what the quantizers keep: with frozen weights that is one
@@ -15,18 +17,14 @@ exactly; gradients equal them up to the order of float sums in the matrix produc
 Each pass is one call into the element kernels (``linear_forward_kernel``,
 ``linear_backward_kernel``: both quantizers and the products), where it can be: compiled, a call
 costs ~0.2 ms of dispatch and guard checks on a slow host, which at 256 tokens was more than a
-small layer's element work. Sampled rows and shared weights (below), formats that are not
-scalars, two scale rules and an input format without a gradient take the same steps in parts.
+small layer's element work. Shared weights (below), formats that are not scalars, two scale
+rules and an input format without a gradient take the same steps in parts.
 
 The weight's format gradient needs d loss / d (quantized weight), a third matrix product that the
-float step (frozen weights) does not have: 1.5x the float step's products at the least. With
-``weight_grad_tokens`` set (an experiment, not a recommended setting), that product runs over a
-systematic sample of the tokens (every s-th row from a random start, s = ceil(rows /
-weight_grad_tokens)) scaled by s: each row is in the sample with probability exactly 1/s, so the
-estimate is unbiased. Only the weight's format gradient is estimated; the input gradient and the
-input's format gradient stay exact. Measured (BENCHMARKS.md, 'How long does a search take?'):
-at s = 8 the step is faster at 2048 tokens, but the offsets' gradient spread doubles, which
-costs more than training on a smaller batch would; hence it is not a command-line option.
+float step (frozen weights) does not have: 1.5x the float step's products at the least. It is
+computed over every token: estimating it from a sample of the tokens made the step faster but
+the offsets' gradient noisier than a smaller batch would (BENCHMARKS.md, 'How long does a search
+take?').
 
 Inside ``brevitas_dmx.batched_formats`` (the trainer's default) the layer takes its two
 quantizers' format constants and width Jacobians from the model-wide ``FormatBatch``; otherwise it
@@ -39,15 +37,11 @@ changes only at the optimizer step, so the first micro-batch's quantized weight 
 and since the weight's format gradient is linear in d loss / d (quantized weight), that product
 is summed over the micro-batches and the weight's element sums run once, in the last one's
 backward. The cost is two weight-sized tensors per layer held within the step.
-
-Anything else (eval mode, no grad, pinned formats, non-dMX or missing quantizers, a bias or
-output quantizer, a feature count that is not a multiple of the block) takes
-``qnn.QuantLinear``'s own path.
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
-import brevitas.nn as qnn
 import torch
 from torch import Tensor
 import torch.nn.functional as F
@@ -65,13 +59,19 @@ from brevitas_dmx.functional import width_jacobian
 from brevitas_dmx.functional import width_shape
 
 
-def sample_stride_and_start(rows: int, weight_grad_tokens: Optional[int]):
-    """(stride, start) of the rows that estimate the weight's format gradient: every row (1, 0)
-    when ``weight_grad_tokens`` is None or covers them, else a random start below the stride."""
-    if weight_grad_tokens is None or weight_grad_tokens >= rows:
-        return 1, 0
-    stride = -(-rows // weight_grad_tokens)
-    return stride, int(torch.randint(stride, ()))
+@dataclass(frozen=True)
+class LinearSpec:
+    """What stays fixed within one call of the fused step: the block size (features per scale)
+    and the scale rules (``SCALE_RULES``) of the weight and of the input."""
+
+    group: int
+    rule_w: str
+    rule_x: str
+
+
+# (input constants, weight constants, width Jacobians of shape (2, 2, 3) or None): a fused
+# layer's two formats as the element kernels take them (``FormatBatch.layer_formats``)
+LayerFormats = Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...], Optional[Tensor]]
 
 
 def _pairable(e_x, m_x, e_w, m_w) -> bool:
@@ -219,28 +219,18 @@ def _detached(*tensors):
 
 
 class _DMXLinear(torch.autograd.Function):
+    """The fused training step (``fused_linear``). Its first seven inputs are the tensors that
+    autograd tracks; the last three are not tensors and get no gradient: ``spec``, ``formats``
+    (``LayerFormats`` from a ``FormatBatch``, or None to compute them here) and ``shared`` (a
+    ``_SharedWeight`` under gradient accumulation, else None): what holds for one call, for one
+    forward pass and for one optimizer step."""
 
     @staticmethod
-    def forward(
-            ctx,
-            x,
-            weight,
-            bias,
-            e_w,
-            m_w,
-            e_x,
-            m_x,
-            group,
-            rule_w,
-            rule_x,
-            grad_tokens,
-            batched,
-            shared):
-        # batched: (input constants, weight constants, width Jacobians) from a FormatBatch, or
-        # None to compute them here. shared: a _SharedWeight under gradient accumulation.
-        if batched is None:
-            batched = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
-        const_x, const_w, jacobian = batched
+    def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared):
+        group, rule_w, rule_x = spec.group, spec.rule_w, spec.rule_x
+        if formats is None:
+            formats = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
+        const_x, const_w, jacobian = formats
         # detached once, here: backward gets them from the saved tensors as they are
         const_x, const_w = _detached(*const_x), _detached(*const_w)
         jacobian = () if jacobian is None else (jacobian,)
@@ -262,7 +252,7 @@ class _DMXLinear(torch.autograd.Function):
             out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
         ctx.save_for_backward(
             x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *const_x, *const_w, *jacobian)
-        ctx.settings = (group, rule_w, rule_x, bias is not None, grad_tokens)
+        ctx.spec = spec
         # the quantized weight and whether this pass ends the step, as of this forward pass (the
         # layer may run again, or the next micro-batch start, before this backward)
         ctx.shared = None if shared is None else (shared, wq, shared.last)
@@ -272,17 +262,16 @@ class _DMXLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
         const_x, const_w, jacobian = tuple(constants[:4]), tuple(constants[4:8]), constants[8:]
-        group, rule_w, rule_x, has_bias, grad_tokens = ctx.settings
+        group, rule_w, rule_x = ctx.spec.group, ctx.spec.rule_w, ctx.spec.rule_x
+        # need_b is False where the bias is None: autograd sees no tensor there
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         need_fx = ctx.needs_input_grad[5] or ctx.needs_input_grad[6]
         grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        # d loss / d (quantized weight) = grad^T @ quantized input, over a sample of the rows
-        stride, start = sample_stride_and_start(grad_2d.shape[0], grad_tokens)
         shared, wq, last = ctx.shared or (None, None, None)
         ctx.shared = None
         grad_x = grad_e_x = grad_m_x = None
-        if shared is None and stride == 1 and jacobian and need_fx:
+        if shared is None and jacobian and need_fx:
             # the common case: one kernel call (the Jacobians exist where both formats are
             # scalars with one scale rule); else the same steps in parts
             grad_x, sums_x, sums_w = linear_backward_kernel(
@@ -295,12 +284,10 @@ class _DMXLinear(torch.autograd.Function):
             shape_x, shape_w = width_shape(e_x, m_x), width_shape(e_w, m_w)
             xb = x.unflatten(-1, (-1, group))
             wb = weight.unflatten(-1, (-1, group))
-            x_rows = xb.reshape(-1, *xb.shape[-2:])
-            if stride > 1:  # a contiguous copy of the sample: strided views recompile the kernels
-                x_rows = x_rows[start::stride].contiguous()
-            xq, _ = forward_kernel(x_rows, const_x, rule_x)
-            grad_wq = _weight_grad(grad_2d[start::stride].t(), xq.flatten(-2), stride, shared)
-            del xq, x_rows
+            # d loss / d (quantized weight) = grad^T @ quantized input
+            xq, _ = forward_kernel(xb.reshape(-1, *xb.shape[-2:]), const_x, rule_x)
+            grad_wq = _weight_grad(grad_2d.t(), xq.flatten(-2), shared)
+            del xq
             if shared is None:
                 wq, *sums_w = values_backward_kernel(
                     wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
@@ -329,130 +316,37 @@ class _DMXLinear(torch.autograd.Function):
                 grad_e_x, grad_m_x = width_grads(e_x, m_x, *sums_x, rule_x, shape_x)
             if need_fw:
                 grad_e_w, grad_m_w = width_grads(e_w, m_w, *sums_w, rule_w, shape_w)
-        grad_bias = grad_2d.sum(0) if (has_bias and need_b) else None
-        return (
-            grad_x,
-            None,
-            grad_bias,
-            grad_e_w,
-            grad_m_w,
-            grad_e_x,
-            grad_m_x,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None)
+        grad_bias = grad_2d.sum(0) if need_b else None
+        return grad_x, None, grad_bias, grad_e_w, grad_m_w, grad_e_x, grad_m_x, None, None, None
 
 
-def _weight_grad(grad_t: Tensor, xq: Tensor, stride: int, shared: Optional[_SharedWeight]):
-    """d loss / d (quantized weight) = ``stride * grad_t @ xq``; with ``shared``, summed over
-    the step's micro-batches so far (within the product: no second weight-sized tensor)."""
+def _weight_grad(grad_t: Tensor, xq: Tensor, shared: Optional[_SharedWeight]):
+    """d loss / d (quantized weight) = ``grad_t @ xq``; with ``shared``, summed over the step's
+    micro-batches so far (within the product: no second weight-sized tensor)."""
     xq = xq.to(grad_t.dtype)
     if shared is not None and shared.grad is not None:
-        return shared.grad.addmm_(grad_t, xq, alpha=stride)
+        return shared.grad.addmm_(grad_t, xq)
     grad_wq = grad_t.mm(xq)
-    if stride > 1:
-        grad_wq.mul_(stride)
     if shared is not None:
         shared.grad = grad_wq
     return grad_wq
 
 
-def fused_quantizers(layer: qnn.QuantLinear):
-    """(weight DMXFloatQuant, input DMXFloatQuant) when ``layer``'s training step can take the
-    fused path, else None."""
-    from brevitas_dmx.proxy import dmx_quant_of
-    if not (layer.training and torch.is_grad_enabled()) or layer.return_quant_tensor:
-        return None
-    if layer.weight.requires_grad:  # dMX freezes the weights; training them takes the stock path
-        return None
-    if layer.output_quant.is_quant_enabled or (layer.bias is not None and
-                                               layer.bias_quant.is_quant_enabled):
-        return None
-    if not (layer.weight_quant.is_quant_enabled and layer.input_quant.is_quant_enabled):
-        return None
-    wq, xq = dmx_quant_of(layer.weight_quant), dmx_quant_of(layer.input_quant)
-    if wq is None or xq is None or wq.is_pinned or xq.is_pinned:
-        return None
-    if wq.group_size != xq.group_size or layer.in_features % wq.group_size:
-        return None
-    if wq.group_dim not in (1, -1) or xq.group_dim != -1:
-        return None
-    return wq, xq
-
-
-def _batched_layer_formats(wq, xq, x: Tensor, weight: Tensor):
-    """The layer's constants and Jacobians from the FormatBatch that computed both its
-    quantizers' formats for this pass (``brevitas_dmx.core.batch``), or None."""
-    if wq._batched is None or xq._batched is None:
-        return None
-    batch, k_w = wq._batched
-    other, k_x = xq._batched
-    if other is not batch or batch.e[k_w].device != x.device:
-        return None
-    return batch.layer_formats(k_x, k_w, x.dtype, weight.dtype)
-
-
-class DMXQuantLinear(qnn.QuantLinear):
-    """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
-    layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
-
-    ``weight_grad_tokens``: None (exact) or how many tokens estimate the weight's format gradient
-    (module docstring); ``set_weight_grad_tokens`` sets it on a whole model.
-
-    ``weight_reuse``: a ``WeightReuse`` while micro-batches share the weight work
-    (``brevitas_dmx.reusing_quantized_weights``), else None."""
-
-    weight_grad_tokens: Optional[int] = None
-    weight_reuse: Optional[WeightReuse] = None
-
-    def forward(self, input):
-        quants = fused_quantizers(self) if isinstance(input, Tensor) else None
-        if quants is None or self.export_mode:
-            return super().forward(input)
-        wq, xq = quants
-        xq.last_input_shape = tuple(input.shape)
-        wq.last_input_shape = tuple(self.weight.shape)
-        e_w, m_w = wq.widths_on(input.device)
-        e_x, m_x = xq.widths_on(input.device)
-        return _DMXLinear.apply(
-            input,
-            self.weight,
-            self.bias,
-            e_w,
-            m_w,
-            e_x,
-            m_x,
-            wq.group_size,
-            wq.scale_rule,
-            xq.scale_rule,
-            self.weight_grad_tokens,
-            _batched_layer_formats(wq, xq, input, self.weight),
-            None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
-
-
-def set_weight_grad_tokens(model: torch.nn.Module, tokens: Optional[int]) -> None:
-    """Estimate every ``DMXQuantLinear``'s weight format gradient from ``tokens`` tokens per
-    micro-batch (None: exact)."""
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or
-                               tokens < 1):
-        raise ValueError(f"weight_grad_tokens must be a positive integer or None, got {tokens!r}.")
-    for layer in model.modules():
-        if isinstance(layer, DMXQuantLinear):
-            layer.weight_grad_tokens = tokens
-
-
-def dmx_linear_map(weight_quant, input_quant: Optional[object], **kwargs):
-    """A ``layerwise_quantize`` map that puts ``DMXQuantLinear`` on every ``nn.Linear``."""
-    return {
-        torch.nn.Linear:
-            (
-                DMXQuantLinear,
-                dict(
-                    weight_quant=weight_quant,
-                    input_quant=input_quant,
-                    return_quant_tensor=False,
-                    **kwargs))
-    }
+def fused_linear(
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        e_w: Tensor,
+        m_w: Tensor,
+        e_x: Tensor,
+        m_x: Tensor,
+        spec: LinearSpec,
+        formats: Optional[LayerFormats] = None,
+        shared: Optional[_SharedWeight] = None) -> Tensor:
+    """``F.linear`` of the input and the weight, each MX-quantized in blocks of ``spec.group``
+    features with its own format (``e_x``, ``m_x``; ``e_w``, ``m_w``) and scale rule, keeping only
+    the input, the weight and the block scales for backward (module docstring). ``formats``:
+    both quantizers' constants and Jacobians from a ``FormatBatch`` (``layer_formats``), or None
+    to compute them here; ``shared``: the layer's state from ``WeightReuse.begin``, or None. The
+    weight gets no gradient (the fused path is for frozen weights)."""
+    return _DMXLinear.apply(x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared)

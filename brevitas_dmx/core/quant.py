@@ -62,8 +62,8 @@ class DMXFloatQuant(nn.Module):
         self.caches_eval_output = False
         self._eval_cache = None
         # (FormatBatch, index) while a batch computed this quantizer's format for the current
-        # forward pass (``brevitas_dmx.batched_formats``), else None.
-        self._batched = None
+        # forward pass (``brevitas_dmx.batched_formats``), else None: ``attach_batch``.
+        self._batch_slot = None
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, group_dim={self.group_dim}, scale_rule={self.scale_rule}"
@@ -71,6 +71,20 @@ class DMXFloatQuant(nn.Module):
     @property
     def is_pinned(self) -> bool:
         return self._pinned
+
+    @property
+    def batch_slot(self) -> Optional[Tuple[object, int]]:
+        """(FormatBatch, index) of the batch that computed this quantizer's format for the
+        current forward pass, or None while it computes its own."""
+        return self._batch_slot
+
+    def attach_batch(self, batch, index: int) -> None:
+        """Read the widths from ``batch.e[index]``, ``batch.m[index]`` until ``detach_batch``
+        (``FormatBatch.compute``: valid only within the forward pass it was computed for)."""
+        self._batch_slot = (batch, index)
+
+    def detach_batch(self) -> None:
+        self._batch_slot = None
 
     def pin(self, fmt: ElementFormat) -> None:
         self.pinned_widths.copy_(
@@ -85,8 +99,8 @@ class DMXFloatQuant(nn.Module):
         """(exponent_bits, mantissa_bits): continuous in training, discrete in eval or pinned."""
         if self.is_pinned:
             return self.pinned_widths[0], self.pinned_widths[1]
-        if self._batched is not None:
-            batch, k = self._batched
+        if self._batch_slot is not None:
+            batch, k = self._batch_slot
             return batch.e[k], batch.m[k]
         return self.offset.ladder.widths(self.offset())
 
