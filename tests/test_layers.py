@@ -1,0 +1,104 @@
+# Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
+# SPDX-License-Identifier: BSD-3-Clause
+"""The package's modules depend one way: math, quantizers, model, solver, entry points."""
+
+import ast
+import os
+import subprocess
+import sys
+
+PACKAGE = os.path.join(os.path.dirname(__file__), os.pardir, "brevitas_dmx")
+
+# Each module (by its first name under brevitas_dmx) and its layer; a module may import only
+# from lower layers, or from its own package (core.batch from core.offset).
+LAYERS = {
+    # settings, formats and process helpers: no other brevitas_dmx module below them
+    "config": 0,
+    "formats": 0,
+    "profiling": 0,
+    "distributed": 0,
+    "data": 1,
+    "models": 1,
+    # the math
+    "functional": 1,
+    "core": 2,
+    # Brevitas glue: proxies, injectors, layers
+    "proxy": 3,
+    "quant": 4,
+    "nn": 5,
+    # the model-level helpers, then what works on whole models
+    "model": 6,
+    "solver": 7,
+    "baselines": 7,
+    "evaluate": 7,
+    "export": 8,
+    # the command line and the Brevitas registries
+    "llm_args": 9,
+    "brevitas_plugin": 10,
+    "llm": 10,
+    "pareto": 11,
+    "cli": 11,
+}
+# ``import brevitas_dmx`` loads its public names lazily, from up to the export layer.
+ROOT_LAYER = LAYERS["export"]
+
+
+def _modules():
+    """(dotted name, path) of every module of the package."""
+    for folder, _, files in os.walk(PACKAGE):
+        for file in sorted(files):
+            if file.endswith(".py"):
+                path = os.path.join(folder, file)
+                parts = os.path.relpath(path, PACKAGE)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                yield ".".join(["brevitas_dmx"] + parts), path
+
+
+def _imports(name: str, path: str):
+    """The brevitas_dmx modules that ``name`` imports, anywhere in its code."""
+    is_package = path.endswith("__init__.py")
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "brevitas_dmx")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[:len(base) - node.level + (1 if is_package else 0)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if module.split(".")[0] != "brevitas_dmx":
+                continue
+            for alias in node.names:  # ``from brevitas_dmx import distributed``: a module
+                child = f"{module}.{alias.name}"
+                top = child.split(".")[1] if "." in child else ""
+                yield child if module == "brevitas_dmx" and top in LAYERS else module
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return ROOT_LAYER if len(parts) == 1 else LAYERS[parts[1]]
+
+
+def test_every_module_has_a_layer():
+    tops = {name.split(".")[1] for name, _ in _modules() if "." in name}
+    assert tops <= set(LAYERS), f"give these modules a layer in LAYERS: {tops - set(LAYERS)}"
+
+
+def test_no_module_imports_a_higher_or_sideways_layer():
+    wrong = []
+    for name, path in _modules():
+        if name == "brevitas_dmx":
+            continue
+        for imported in _imports(name, path):
+            same_package = imported.split(".")[:2] == name.split(".")[:2]
+            if not same_package and _layer(imported) >= _layer(name):
+                wrong.append(f"{name} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_command_line_module_imports_without_torch():
+    code = "import sys, brevitas_dmx.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
