@@ -180,10 +180,11 @@ def build_parser():
         help="Layers a deployment fuses share one format.")
     group.add_argument(
         "--dmx-scale-rule",
-        choices=("floor", "nonclip"),
+        choices=("floor", "nonclip", "even"),
         default="floor",
         help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
-        "the block maximum unsaturated (%(default)s).")
+        "the block maximum unsaturated; even is AMD Quark's and vLLM's rule (the block maximum "
+        "rounded to the element's mantissa width first) (%(default)s).")
     group.add_argument(
         "--dmx-compile",
         action="store_true",
