@@ -26,7 +26,7 @@ from brevitas_dmx.model import tie_groups
 from brevitas_dmx.model import tie_offsets
 from brevitas_dmx.model import train_only_offsets
 
-_EXPORTS = ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights")
+_EXPORTS = ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights", "export_quark")
 
 
 def __getattr__(name):

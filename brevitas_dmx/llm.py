@@ -184,7 +184,8 @@ def build_parser():
         default="floor",
         help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
         "the block maximum unsaturated; even is AMD Quark's and vLLM's rule (the block maximum "
-        "rounded to the element's mantissa width first) (%(default)s).")
+        "rounded to the element's mantissa width first; needed by --dmx-export-quark) "
+        "(%(default)s).")
     group.add_argument(
         "--dmx-compile",
         action="store_true",
@@ -235,6 +236,12 @@ def build_parser():
         help="Folder for a reloadable checkpoint of the quantized model (brevitas_dmx."
         "load_pretrained) and its packed MX weights.")
     group.add_argument(
+        "--dmx-export-quark",
+        default=None,
+        help="Folder for a Hugging Face checkpoint in AMD Quark's format (packed MX weights, "
+        "E8M0 scales, per-layer quantization_config) that transformers with amd-quark and vLLM "
+        "load; needs --dmx-scale-rule even.")
+    group.add_argument(
         "--dmx-export-qonnx",
         default=None,
         help="Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits).")
@@ -284,11 +291,12 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
     method = args.dmx_method
+    file_map = None
     if args.dmx_format_map is not None:
         if method != "dmx":
             raise UsageError(
                 f"--dmx-format-map applies a map by itself: drop --dmx-method {method}")
-        read_format_map(args.dmx_format_map)  # its formats, before the model is loaded
+        file_map = read_format_map(args.dmx_format_map)  # its formats, before the model loads
         method = "map"
     if method == "uniform":
         if args.dmx_format is None:
@@ -337,10 +345,13 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(f"--dmx-eval-tasks: {err}") from None
     if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
         raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
-    if (args.dmx_save_pretrained or args.dmx_export_qonnx) and method == "float":
+    if (args.dmx_save_pretrained or args.dmx_export_qonnx or
+            args.dmx_export_quark) and method == "float":
         raise UsageError(
-            "--dmx-save-pretrained / --dmx-export-qonnx need a quantized model, not "
-            "--dmx-method float")
+            "--dmx-save-pretrained / --dmx-export-qonnx / --dmx-export-quark need a quantized "
+            "model, not --dmx-method float")
+    if args.dmx_export_quark:
+        _check_quark_export(args, method, file_map)
     if args.dmx_export_qonnx:
         try:
             import onnx  # noqa: F401
@@ -520,6 +531,59 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
     nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
     _write_cache(args.dmx_float_cache, key, nll.tolist())
     return nll
+
+
+# What a Quark checkpoint serves exactly (brevitas_dmx.export.quark): MXFP4 and both MXFP6 as
+# weights and inputs, MXFP8 E4M3 as weights only.
+_QUARK_INPUT_FORMATS = frozenset(("e2m1", "e2m3", "e3m2"))
+_QUARK_WEIGHT_FORMATS = _QUARK_INPUT_FORMATS | {"e4m3"}
+
+
+def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
+    """What ``--dmx-export-quark`` would refuse at the end of the run, refused before the model
+    loads: a scale rule other than even, fused layers free to split, formats without an exact
+    Quark spelling."""
+    flag = "--dmx-export-quark"
+    try:
+        import ml_dtypes  # noqa: F401
+        import safetensors  # noqa: F401
+    except ImportError as err:
+        raise UsageError(
+            f"{flag} needs the quark extra ({err.name} is missing): "
+            f"pip install 'brevitas-dmx[quark]'") from None
+    if args.dmx_scale_rule != "even":
+        raise UsageError(
+            f"{flag} needs --dmx-scale-rule even (got {args.dmx_scale_rule}): Quark and vLLM "
+            f"quantize inputs with the even rule, so a {args.dmx_scale_rule} model would not be "
+            f"served as it was evaluated")
+    if method in ("dmx", "kl", "fisher") and args.dmx_tie != "qkv-gateup":
+        raise UsageError(
+            f"{flag} needs the layers a runtime fuses (q/k/v, gate/up) in one format: add "
+            f"--dmx-tie qkv-gateup")
+    if method == "uniform":
+        weights = {element_format(args.dmx_format).name}
+        inputs = set(weights)
+    elif method == "map":
+        from brevitas_dmx.model import _parse_format_entry
+        entries = [
+            _parse_format_entry(name, value, ["weight", "input"], [])
+            for name, value in file_map.items()
+        ]
+        weights = {e["weight"] for e in entries if "weight" in e}
+        inputs = {e["input"] for e in entries if "input" in e}
+    else:
+        weights = {f.name for f in LADDERS[args.dmx_ladder].formats}
+        inputs = set(weights)
+    if args.dmx_weights_only:
+        inputs = set()
+    bad = sorted(weights - _QUARK_WEIGHT_FORMATS) + [
+        f"{name} inputs" for name in sorted(inputs - _QUARK_INPUT_FORMATS)
+    ]
+    if bad:
+        raise UsageError(
+            f"{flag}: Quark checkpoints hold MXFP4 and both MXFP6 as weights and inputs and "
+            f"MXFP8 E4M3 as weights only; this run can give {', '.join(bad)}. Use "
+            f"--dmx-ladder mxfp6-mxfp4, --dmx-weights-only, or other formats")
 
 
 def read_format_map(path: str) -> Dict:
@@ -793,8 +857,9 @@ def _zero_shot(args, model, tokenizer, metrics) -> None:
         metrics["zero_shot_time_s"] = time.perf_counter() - eval_start
 
 
-def _deploy(args, model, metrics) -> List[str]:
-    """The checkpoint, packed weights and QONNX graph the deployment flags ask for."""
+def _deploy(args, model, tokenizer, metrics) -> List[str]:
+    """The checkpoint, packed weights, QONNX graph and Quark checkpoint the deployment flags ask
+    for."""
     written = []
     if args.dmx_save_pretrained:
         from brevitas_dmx.export import pack_weights
@@ -808,6 +873,13 @@ def _deploy(args, model, metrics) -> List[str]:
         from brevitas_dmx.export import export_causal_lm_qonnx
         export_causal_lm_qonnx(model, args.dmx_export_qonnx, seqlen=args.seqlen)
         written.append(args.dmx_export_qonnx)
+    if args.dmx_export_quark:
+        from brevitas_dmx.export import export_quark
+        try:
+            export_quark(model, args.dmx_export_quark, tokenizer)
+        except ValueError as err:
+            raise UsageError(f"--dmx-export-quark: {err}") from None
+        written.append(args.dmx_export_quark)
     return written
 
 
@@ -837,7 +909,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return metrics
 
-    deployed = _deploy(args, model, metrics) if fmap is not None else []
+    deployed = _deploy(args, model, tokenizer, metrics) if fmap is not None else []
     with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
     if fmap is not None:
@@ -858,7 +930,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
 
 def _written_summary(out_dir: str, deployed: List[str]) -> str:
     """What the output folder holds now (the checkpoints and the offsets too), and the paths
-    of ``--dmx-save-pretrained`` and ``--dmx-export-qonnx`` outside it."""
+    of ``--dmx-save-pretrained``, ``--dmx-export-qonnx`` and ``--dmx-export-quark`` outside it."""
     held = sorted(
         entry + ("/" if os.path.isdir(os.path.join(out_dir, entry)) else "")
         for entry in os.listdir(out_dir))
