@@ -33,7 +33,8 @@ _PUBLIC = {
             "tie_groups",
             "tie_offsets",
             "train_only_offsets"),
-    "brevitas_dmx.export": ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights"),
+    "brevitas_dmx.export":
+        ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights", "export_quark"),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_MODULE_OF)

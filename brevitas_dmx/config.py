@@ -18,8 +18,10 @@ WEIGHTINGS = ("simple", "size", "memory")
 ROUNDINGS = ("anneal", "ste")
 # Optimizers of the offsets; SGD is the paper's.
 OPTIMIZERS = ("sgd", "adam", "adamw")
-# Shared block-scale rules: OCP's floor, or the smallest power of two that does not saturate.
-SCALE_RULES = ("floor", "nonclip")
+# Shared block-scale rules: OCP's floor; the smallest power of two that does not saturate; or
+# AMD Quark's "even" (the block maximum rounded to the element's mantissa before the floor),
+# which Quark checkpoints and vLLM's emulation of them use.
+SCALE_RULES = ("floor", "nonclip", "even")
 # The penalties that hold the average bit width: max(0, lambda*(b - target)), or lambda*b.
 REGULARIZERS = ("target", "scaling")
 # Layers a deployment fuses into one matrix product, which must therefore share one format.

@@ -7,9 +7,11 @@ numerics live in one place.
 
 Conventions, chosen so that integer formats match Brevitas's fixed MX quantizers bit for bit:
 
-* The shared block scale is ``2**floor(log2(amax)) / 2**emax`` (OCP rule, ``scale_rule="floor"``)
-  or ``2**ceil(log2(amax / max_normal))`` (``scale_rule="nonclip"``: the smallest power of two
-  that keeps the block maximum unsaturated). ``amax`` is clamped below at ``1e-10``, as Brevitas
+* The shared block scale is ``2**floor(log2(amax)) / 2**emax`` (OCP rule, ``scale_rule="floor"``),
+  ``2**ceil(log2(amax / max_normal))`` (``scale_rule="nonclip"``: the smallest power of two
+  that keeps the block maximum unsaturated) or AMD Quark's default ``"even"`` rule, which rounds
+  ``amax`` to the element's mantissa width before the floor (``even_block_exponent``). ``amax`` is
+  clamped below at ``1e-10``, as Brevitas
   does (``scaling_min_val``), so all-zero blocks give zeros, never NaN; blocks whose largest
   magnitude is below 1e-10 flush towards zero exactly as in Brevitas.
 * Elements round to nearest even on the element grid, keep subnormals and saturate to the
@@ -67,23 +69,58 @@ def _scale_exponent_term(e: Tensor, m: Tensor, scale_rule: str) -> Tensor:
     """The part of the shared scale exponent that depends on the format.
 
     floor: ``floor(log2 amax) - emax(e)``; nonclip: ``ceil(log2 amax - log2 max_normal(e, m))``,
-    whose gradient (straight-through ceil) is that of ``-log2 max_normal``.
+    whose gradient (straight-through ceil) is that of ``-log2 max_normal``; even:
+    ``floor(log2 amax - log2(1 - 2**-(m+2))) - emax(e)`` (``even_block_exponent``), whose
+    gradient (straight-through floor, as nonclip's ceil) is that of
+    ``-log2(1 - 2**-(m+2)) - emax(e)``.
     """
     if scale_rule == "floor":
         return -mx_max_exponent(e)
+    if scale_rule == "even":
+        return -torch.log2(1 - torch.exp2(-(m + 2))) - mx_max_exponent(e)
     return -torch.log2(mx_max_normal(e, m))
 
 
-def _block_scale(blocks: Tensor, max_exponent: Tensor, max_normal: Tensor, scale_rule: str):
+def even_block_exponent(amax: Tensor, step_factor: Union[float, Tensor]) -> Tensor:
+    """``floor(log2 amax)`` after AMD Quark's ``even`` rounding of ``amax``, in ``amax``'s dtype.
+
+    Quark (``quark.torch.quantization.utils.even_round``, amd-quark 0.13) adds
+    ``1 << (22 - m)`` to the float32 bit pattern of ``amax`` and clears its 23 mantissa bits:
+    the carry reaches the exponent field exactly when the top ``m + 1`` fraction bits are all
+    ones, i.e. when ``amax`` rounded half up to ``m + 1`` fraction bits reaches the next power of
+    two. With ``amax = r * 2**k`` (``1 <= r < 2``) the exponent is therefore ``k + 1`` if
+    ``r >= 2 - 2**-(m+1)`` and ``k`` otherwise; Quark then subtracts ``emax`` (the scale is
+    ``2**(that - emax)``, clamped to ``2**-127 .. 2**127``). The element's mantissa width ``m``
+    enters as ``step_factor = 2**-m``. The same exponent, written without bits, is
+    ``floor(log2 amax - log2(1 - 2**-(m+2)))``: that is its continuous extension to a fractional
+    ``m`` (the threshold ``2 - 2**-(m+1)`` moves continuously with ``m``).
+
+    Computed exactly: ``k`` from the exponent field (``_binade_power``), ``r`` by an exact
+    division by a power of two, compared with the threshold (exact at integer ``m``). Blocks
+    whose maximum is below Brevitas's ``scaling_min_val`` (1e-10) are not special-cased here;
+    the callers clamp ``amax`` as for the other rules, where Quark would keep a smaller scale.
+    """
+    power = _binade_power(amax)
+    carry = amax >= power * (2 - step_factor / 2)
+    return torch.log2(power) + carry.to(amax.dtype)
+
+
+def _block_scale(
+        blocks: Tensor, max_exponent: Tensor, max_normal: Tensor, step_factor: Tensor,
+        scale_rule: str):
     """The shared scale of each block (last dimension kept, of size 1), in the constants' dtype.
 
     The block's exponent is found in the blocks' own dtype, as Brevitas finds it: in bfloat16
     ``log2`` rounds up for maxima just below a power of two, and the fixed formats must match
     Brevitas's bit for bit. The scale is formed in the constants' (math) dtype: at a fractional
-    format ``2**(k - emax)`` is no bfloat16 number."""
+    format ``2**(k - emax)`` is no bfloat16 number. The even rule works on the exact block
+    maximum in the math dtype (as Quark does in float32), so no ``log2`` rounding enters it."""
     amax = blocks.abs().amax(dim=-1, keepdim=True).clamp_min_(SCALING_MIN_VAL)
     if scale_rule == "floor":
         scale_exponent = torch.floor(torch.log2(amax)).to(max_exponent.dtype) - max_exponent
+    elif scale_rule == "even":
+        amax = amax.to(max_exponent.dtype)
+        scale_exponent = even_block_exponent(amax, step_factor) - max_exponent
     else:
         ratio = amax / max_normal.to(amax.dtype)
         scale_exponent = torch.ceil(torch.log2(ratio)).to(max_normal.dtype)
@@ -208,7 +245,7 @@ def _forward_elements(blocks, max_exponent, max_normal, min_normal, step_factor,
     fractional format's scale is no power of two, so bfloat16 would round it)."""
     _static_block(blocks)
     dtype = blocks.dtype
-    scale = _block_scale(blocks, max_exponent, max_normal, scale_rule)
+    scale = _block_scale(blocks, max_exponent, max_normal, step_factor, scale_rule)
     blocks = _in_math_dtype(blocks)
     out = blocks / scale
     step, _ = _element_step(out, min_normal, step_factor)
@@ -442,6 +479,8 @@ def _format_partials(e: Tensor, m: Tensor, scale_rule: str):
     d_max_normal_m = (1 + t.nan_code) * t.step_factor * ln2 * t.power
     if scale_rule == "floor":
         d_scale = (-d_max_exponent, torch.zeros_like(m))
+    elif scale_rule == "even":  # -log2(1 - 2**-(m+2)) - emax(e)
+        d_scale = (-d_max_exponent, -1 / (torch.exp2(m + 2) - 1))
     else:  # -log2(max_normal)
         d_scale = (-d_max_normal_e / (max_normal * ln2), -d_max_normal_m / (max_normal * ln2))
     d_threshold = (-ln2 * t.half_range, torch.zeros_like(m))

@@ -52,6 +52,7 @@ from brevitas_dmx.evaluate import window_nll
 from brevitas_dmx.evaluate import windows_fingerprint
 from brevitas_dmx.evaluate import zero_shot
 from brevitas_dmx.export import export_causal_lm_qonnx
+from brevitas_dmx.export import export_quark
 from brevitas_dmx.export import pack_weights
 from brevitas_dmx.export import save_pretrained
 from brevitas_dmx.formats import E8M0_SCALE_BITS
@@ -147,11 +148,12 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
     method = args.dmx_method
+    file_map = None
     if args.dmx_format_map is not None:
         if method != "dmx":
             raise UsageError(
                 f"--dmx-format-map applies a map by itself: drop --dmx-method {method}")
-        read_format_map(args.dmx_format_map)  # its formats, before the model is loaded
+        file_map = read_format_map(args.dmx_format_map)  # its formats, before the model loads
         method = "map"
     if method == "uniform":
         if args.dmx_format is None:
@@ -199,10 +201,13 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(f"--dmx-eval-tasks: {err}") from None
     if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
         raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
-    if (args.dmx_save_pretrained or args.dmx_export_qonnx) and method == "float":
+    if (args.dmx_save_pretrained or args.dmx_export_qonnx or
+            args.dmx_export_quark) and method == "float":
         raise UsageError(
-            "--dmx-save-pretrained / --dmx-export-qonnx need a quantized model, not "
-            "--dmx-method float")
+            "--dmx-save-pretrained / --dmx-export-qonnx / --dmx-export-quark need a quantized "
+            "model, not --dmx-method float")
+    if args.dmx_export_quark:
+        _check_quark_export(args, method, file_map)
     if args.dmx_export_qonnx:
         try:
             import onnx  # noqa: F401
@@ -405,6 +410,55 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
     nll = window_nll(model, windows, args.dmx_eval_batch_size, "float ppl")
     _write_cache(args.dmx_float_cache, key, nll.tolist())
     return nll
+
+
+# What a Quark checkpoint serves exactly (brevitas_dmx.export.quark): MXFP4 and both MXFP6 as
+# weights and inputs, MXFP8 E4M3 as weights only.
+_QUARK_INPUT_FORMATS = frozenset(("e2m1", "e2m3", "e3m2"))
+_QUARK_WEIGHT_FORMATS = _QUARK_INPUT_FORMATS | {"e4m3"}
+
+
+def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
+    """What ``--dmx-export-quark`` would refuse at the end of the run, refused before the model
+    loads: a scale rule other than even, fused layers free to split, formats without an exact
+    Quark spelling."""
+    flag = "--dmx-export-quark"
+    try:
+        import ml_dtypes  # noqa: F401
+        import safetensors  # noqa: F401
+    except ImportError as err:
+        raise UsageError(
+            f"{flag} needs the quark extra ({err.name} is missing): "
+            f"pip install 'brevitas-dmx[quark]'") from None
+    if args.dmx_scale_rule != "even":
+        raise UsageError(
+            f"{flag} needs --dmx-scale-rule even (got {args.dmx_scale_rule}): Quark and vLLM "
+            f"quantize inputs with the even rule, so a {args.dmx_scale_rule} model would not be "
+            f"served as it was evaluated")
+    if method in ("dmx", "kl", "fisher") and args.dmx_tie != "qkv-gateup":
+        raise UsageError(
+            f"{flag} needs the layers a runtime fuses (q/k/v, gate/up) in one format: add "
+            f"--dmx-tie qkv-gateup")
+    if method == "uniform":
+        weights = {element_format(args.dmx_format).name}
+        inputs = set(weights)
+    elif method == "map":
+        entries = check_format_map(file_map).values()
+        weights = {e["weight"] for e in entries if "weight" in e}
+        inputs = {e["input"] for e in entries if "input" in e}
+    else:
+        weights = {f.name for f in LADDERS[args.dmx_ladder].formats}
+        inputs = set(weights)
+    if args.dmx_weights_only:
+        inputs = set()
+    bad = sorted(weights - _QUARK_WEIGHT_FORMATS) + [
+        f"{name} inputs" for name in sorted(inputs - _QUARK_INPUT_FORMATS)
+    ]
+    if bad:
+        raise UsageError(
+            f"{flag}: Quark checkpoints hold MXFP4 and both MXFP6 as weights and inputs and "
+            f"MXFP8 E4M3 as weights only; this run can give {', '.join(bad)}. Use "
+            f"--dmx-ladder mxfp6-mxfp4, --dmx-weights-only, or other formats")
 
 
 def read_format_map(path: str) -> Dict:
@@ -652,8 +706,9 @@ def _zero_shot(args, model, tokenizer, metrics) -> None:
         metrics["zero_shot_time_s"] = time.perf_counter() - eval_start
 
 
-def _deploy(args, model, metrics) -> List[str]:
-    """The checkpoint, packed weights and QONNX graph the deployment flags ask for."""
+def _deploy(args, model, tokenizer, metrics) -> List[str]:
+    """The checkpoint, packed weights, QONNX graph and Quark checkpoint the deployment flags ask
+    for."""
     written = []
     if args.dmx_save_pretrained:
         save_pretrained(model, args.dmx_save_pretrained)
@@ -664,6 +719,12 @@ def _deploy(args, model, metrics) -> List[str]:
     if args.dmx_export_qonnx:
         export_causal_lm_qonnx(model, args.dmx_export_qonnx, seqlen=args.seqlen)
         written.append(args.dmx_export_qonnx)
+    if args.dmx_export_quark:
+        try:
+            export_quark(model, args.dmx_export_quark, tokenizer)
+        except ValueError as err:
+            raise UsageError(f"--dmx-export-quark: {err}") from None
+        written.append(args.dmx_export_quark)
     return written
 
 
@@ -690,7 +751,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return metrics
 
-    deployed = _deploy(args, model, metrics) if fmap is not None else []
+    deployed = _deploy(args, model, tokenizer, metrics) if fmap is not None else []
     with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
     if fmap is not None:
@@ -711,7 +772,7 @@ def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -
 
 def _written_summary(out_dir: str, deployed: List[str]) -> str:
     """What the output folder holds now (the checkpoints and the offsets too), and the paths
-    of ``--dmx-save-pretrained`` and ``--dmx-export-qonnx`` outside it."""
+    of ``--dmx-save-pretrained``, ``--dmx-export-qonnx`` and ``--dmx-export-quark`` outside it."""
     held = sorted(
         entry + ("/" if os.path.isdir(os.path.join(out_dir, entry)) else "")
         for entry in os.listdir(out_dir))

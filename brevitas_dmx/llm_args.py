@@ -181,7 +181,9 @@ def build_parser():
         choices=SCALE_RULES,
         default="floor",
         help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
-        "the block maximum unsaturated (%(default)s).")
+        "the block maximum unsaturated; even is AMD Quark's and vLLM's rule (the block maximum "
+        "rounded to the element's mantissa width first; needed by --dmx-export-quark) "
+        "(%(default)s).")
     group.add_argument(
         "--dmx-compile",
         action="store_true",
@@ -235,6 +237,12 @@ def build_parser():
         "--dmx-export-qonnx",
         default=None,
         help="Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits).")
+    group.add_argument(
+        "--dmx-export-quark",
+        default=None,
+        help="Folder for a Hugging Face checkpoint in AMD Quark's format (packed MX weights, "
+        "E8M0 scales, per-layer quantization_config) that transformers with amd-quark and vLLM "
+        "load; needs --dmx-scale-rule even.")
     group.add_argument(
         "--dmx-skip-baselines",
         action="store_true",

@@ -420,16 +420,20 @@ def _require_mapping(mapping) -> None:
             f"\"mxfp8\", ...}}), got a {type(mapping).__name__}")
 
 
-def check_format_map(mapping) -> None:
+def check_format_map(mapping) -> Dict[str, Dict[str, str]]:
     """Checks what can be checked of a format map without a model: that it is a mapping, and
     every entry's format names and keys. Raises one ``ValueError`` naming every problem; layer
-    names are checked against a model by ``apply_format_map``."""
+    names are checked against a model by ``apply_format_map``. Returns each layer's formats by
+    role, e.g. ``{"model.layers.0.mlp.up_proj": {"weight": "e4m3", "input": "e4m3"}}``."""
     _require_mapping(mapping)
     errors = []
-    for name, value in mapping.items():
-        _parse_format_entry(name, value, _FORMAT_MAP_ROLES, errors)
+    parsed = {
+        name: _parse_format_entry(name, value, _FORMAT_MAP_ROLES, errors)
+        for name, value in mapping.items()
+    }
     if errors:
         raise ValueError("; ".join(errors))
+    return parsed
 
 
 def apply_format_map(model: nn.Module, mapping: Mapping[str, object]) -> None:

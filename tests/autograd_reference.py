@@ -14,6 +14,10 @@ def _ceil_ste(x):
     return x + (torch.ceil(x) - x).detach()
 
 
+def _floor_ste(x):
+    return x + (torch.floor(x) - x).detach()
+
+
 def reference_quantize_blocks(blocks, e, m, scale_rule="floor"):
     bias = torch.exp2(e - 1) - 1
     emax = torch.exp2(e - 1) - torch.clamp(e - 4, 0, 1)
@@ -22,6 +26,8 @@ def reference_quantize_blocks(blocks, e, m, scale_rule="floor"):
     amax = blocks.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1e-10)
     if scale_rule == "floor":
         k = torch.floor(torch.log2(amax)) - emax
+    elif scale_rule == "even":
+        k = _floor_ste(torch.log2(amax) - torch.log2(1 - torch.exp2(-(m + 2)))) - emax
     else:
         k = _ceil_ste(torch.log2(amax / max_normal))
     scale = torch.exp2(k)

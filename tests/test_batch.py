@@ -24,7 +24,7 @@ from tests.conftest import tiny_llama
 
 def _mixed_model(seed: int = 0):
     """A tiny Llama on DMXQuantLinear with everything the batch must handle: offsets tied over
-    q/k/v, a pinned quantizer, a nonclip scale rule, another ladder and a straight-through
+    q/k/v, a pinned quantizer, nonclip and even scale rules, another ladder and a straight-through
     offset, and raw offsets spread over the ladder."""
     model = layerwise_quantize(
         tiny_llama(seed), dmx_linear_map(DMXFloatWeight, DMXFloatAct), name_blacklist=["lm_head"])
@@ -37,6 +37,7 @@ def _mixed_model(seed: int = 0):
 
     quant("0.mlp.down_proj", "input_quant").pin(dmx.FORMATS["e4m3"])
     quant("1.mlp.up_proj", "weight_quant").scale_rule = "nonclip"
+    quant("1.mlp.down_proj", "input_quant").scale_rule = "even"
     quant("1.self_attn.o_proj", "input_quant").offset.ladder = get_ladder("mxfp6-mxfp4")
     quant("0.mlp.gate_proj", "weight_quant").offset.rounding = "ste"
     for i, offset in enumerate(dmx.train_only_offsets(model)):

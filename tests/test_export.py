@@ -73,7 +73,7 @@ def single_node_graph(attributes, shape):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 @pytest.mark.parametrize("fmt", list(OCP_FORMATS))
 def test_qonnx_node_matches_the_functional_core_bit_for_bit(fmt, scale_rule):
     layer = nn.Linear(32, 32)

@@ -96,7 +96,7 @@ def test_nonclip_scale_is_smallest_unsaturating_power_of_two(fmt, x):
     assert bool((amax / (scale / 2) > max_normal).all())
 
 
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_matches_brevitas_weight_quantizer(fmt, scale_rule):
     e, m, _, _ = OCP_FORMATS[fmt]
@@ -111,7 +111,7 @@ def test_matches_brevitas_weight_quantizer(fmt, scale_rule):
     assert torch.equal(mx_fake_quantize(x, e, m, scale_rule=scale_rule), expected)
 
 
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 def test_matches_brevitas_activation_quantizer(fmt, scale_rule):
     e, m, _, _ = OCP_FORMATS[fmt]
@@ -268,7 +268,7 @@ def test_widths_varying_within_a_block_are_refused():
         mx_quantize_blocks(blocks, torch.full((32,), 3.0), torch.tensor(2.0))
 
 
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 @pytest.mark.parametrize("widths", [(2.3, 1.3), (3.6, 2.6), (4.4, 2.2), (2.0 + 1e-3, 2.9)])
 def test_custom_backward_matches_autograd_reference(widths, scale_rule):
     torch.manual_seed(0)
@@ -330,7 +330,7 @@ def _width_grads_by_autograd(e, m, sums, scale_rule, shape):
 # Exponent widths on both sides of the E4M3 NaN code and the E5M2 reserved exponent (4 and 5),
 # and exactly on them, where clamp and abs switch their gradients.
 @pytest.mark.parametrize("e_value", [2.0, 2.7, 3.0, 3.5, 4.0, 4.25, 4.5, 5.0, 5.5])
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 def test_closed_form_width_grads_match_autograd(e_value, scale_rule):
     from brevitas_dmx.functional import width_grads
     torch.manual_seed(0)

@@ -151,7 +151,7 @@ def test_unknown_weighting_is_refused():
         bd.average_bits(_two_layer_model(), "median")
 
 
-@pytest.mark.parametrize("scale_rule", ["floor", "nonclip"])
+@pytest.mark.parametrize("scale_rule", ["floor", "nonclip", "even"])
 def test_finalize_keeps_outputs_identical(scale_rule):
     weight = DMXFloatStaircaseWeight.let(dmx_scale_rule=scale_rule)
     act = DMXFloatStaircaseAct.let(dmx_scale_rule=scale_rule)

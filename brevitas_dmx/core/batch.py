@@ -120,10 +120,12 @@ class FormatBatch:
     @staticmethod
     def _jacobians(live, e: Tensor, m: Tensor) -> Tensor:
         rules = [q.scale_rule for q in live]
-        if len(set(rules)) == 1:
-            return width_jacobian(e, m, rules[0])
-        floor = torch.tensor([r == "floor" for r in rules], device=e.device)[:, None, None]
-        return torch.where(floor, width_jacobian(e, m, "floor"), width_jacobian(e, m, "nonclip"))
+        unique = sorted(set(rules))
+        jacobian = width_jacobian(e, m, unique[0])
+        for rule in unique[1:]:
+            mask = torch.tensor([r == rule for r in rules], device=e.device)[:, None, None]
+            jacobian = torch.where(mask, width_jacobian(e, m, rule), jacobian)
+        return jacobian
 
     def clear(self) -> None:
         for quant in self.live:

@@ -16,7 +16,7 @@ with scales, divided by 8.
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
+from brevitas_dmx.formats import ElementFormat
 
 QUANT_CONFIG = "dmx_quant.json"
 WEIGHTS = "model.safetensors"
@@ -48,13 +49,26 @@ def _float_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     }
 
 
+def _untied(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``tensors`` with each tied tensor (e.g. embeddings and LM head) kept once, under its first
+    name, as safetensors requires."""
+    seen = {}
+    for key in list(tensors):
+        pointer = tensors[key].data_ptr()
+        if pointer in seen and tensors[seen[pointer]].shape == tensors[key].shape:
+            del tensors[key]
+        else:
+            seen[pointer] = key
+    return tensors
+
+
 def save_pretrained(model: nn.Module, directory: str) -> str:
     """Writes a finalized (or format-pinned) Hugging Face model so ``load_pretrained`` rebuilds
     it exactly."""
     from safetensors.torch import save_file
 
     from brevitas_dmx.model import format_map
-    from brevitas_dmx.quant.fixed import NonClipScaleMixin
+    from brevitas_dmx.quant.fixed import scale_rule_of
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         raise TypeError(
@@ -64,23 +78,10 @@ def save_pretrained(model: nn.Module, directory: str) -> str:
     if not layers:
         raise ValueError("The model has no MX-quantized layers to save.")
     fmap = format_map(model)
-    first = next(iter(layers.values()))[0]
-    if first.dmx is not None:
-        scale_rule = first.dmx.scale_rule
-    else:
-        scale_rule = "nonclip" if issubclass(
-            first.proxy.quant_injector, NonClipScaleMixin) else "floor"
+    scale_rule = scale_rule_of(next(iter(layers.values()))[0])
     os.makedirs(directory, exist_ok=True)
     config.save_pretrained(directory)
-    tensors = _float_state_dict(model)
-    # Tied tensors (e.g. embeddings and LM head) must be stored once for safetensors.
-    seen = {}
-    for key in list(tensors):
-        pointer = tensors[key].data_ptr()
-        if pointer in seen and tensors[seen[pointer]].shape == tensors[key].shape:
-            del tensors[key]
-        else:
-            seen[pointer] = key
+    tensors = _untied(_float_state_dict(model))
     save_file(tensors, os.path.join(directory, WEIGHTS), metadata={"format": "pt"})
     settings = {
         "format_map": fmap,
@@ -196,33 +197,59 @@ def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return np.packbits(padded, axis=1, bitorder="little").reshape(-1)
 
 
-def _weight_blocks(quant, layer: nn.Module):
-    """(quantized weight as [rows, blocks, 32], E8M0 exponents [rows, blocks], format)."""
-    from brevitas_dmx.functional import mx_max_exponent
+class WeightCodes(NamedTuple):
+    """A quantized weight as it is stored: element codes (uint8, the OCP bit patterns in the low
+    bits, shape [rows, cols]), E8M0 block exponents (int, unbiased, [rows, cols / 32]) and the
+    element format."""
+    codes: np.ndarray
+    exponents: np.ndarray
+    fmt: ElementFormat
+
+
+def weight_codes(quant, layer: nn.Module) -> WeightCodes:
+    """The element codes and block exponents of ``layer``'s MX-quantized weight.
+
+    The block scales are found by the functional core's ``_block_scale`` on the float weight in
+    its own dtype, under the quantizer's scale rule (``scale_rule_of``), so they are the
+    quantizer's own; the codes are then checked to decode to the quantized weight exactly."""
+    from brevitas_dmx.functional import _block_scale
+    from brevitas_dmx.functional import format_constants
+    from brevitas_dmx.functional import math_dtype
+    from brevitas_dmx.quant.fixed import scale_rule_of
     fmt = quant.discrete_format()
     with torch.no_grad():
         weight = layer.quant_weight().value.detach().float().cpu()
-    if weight.shape[-1] % 32:
-        raise ValueError(f"input size {weight.shape[-1]} is not a multiple of the block size 32")
-    blocks = weight.reshape(weight.shape[0], -1, 32)
-    float_blocks = layer.weight.detach().float().cpu().reshape(weight.shape[0], -1, 32)
-    amax = float_blocks.abs().amax(-1).clamp_min(1e-10)
-    rule = "floor"
-    if quant.dmx is not None:
-        rule = quant.dmx.scale_rule
-    else:
-        from brevitas_dmx.quant.fixed import NonClipScaleMixin
-        if issubclass(quant.proxy.quant_injector, NonClipScaleMixin):
-            rule = "nonclip"
-    if rule == "floor":
-        exponent = torch.floor(torch.log2(amax)) - mx_max_exponent(
-            torch.tensor(float(fmt.exponent_bits)))
-    else:
-        from brevitas_dmx.functional import mx_max_normal
-        max_normal = mx_max_normal(
-            torch.tensor(float(fmt.exponent_bits)), torch.tensor(float(fmt.mantissa_bits)))
-        exponent = torch.ceil(torch.log2(amax / max_normal))
-    return blocks, exponent, fmt
+    if weight.dim() != 2 or weight.shape[-1] % 32:
+        raise ValueError(
+            f"weight shape {tuple(weight.shape)}: packing needs a 2-d weight whose input size "
+            f"is a multiple of the block size 32")
+    rows, cols = weight.shape
+    float_blocks = layer.weight.detach().cpu().reshape(rows, -1, 32)
+    dtype = math_dtype(float_blocks.dtype)
+    e, m = (torch.tensor(float(w), dtype=dtype) for w in (fmt.exponent_bits, fmt.mantissa_bits))
+    max_exponent, max_normal, _, step_factor = format_constants(e, m)
+    with torch.no_grad():
+        scale = _block_scale(
+            float_blocks, max_exponent, max_normal, step_factor, scale_rule_of(quant))
+    exponents = torch.log2(scale.double()).squeeze(-1)
+    if not torch.equal(exponents, exponents.round()) or exponents.abs().max() > 127:
+        raise ValueError(f"block scales of {fmt.name} are not E8M0 powers of two in 2^-127..2^127")
+    scaled = (weight.reshape(rows, -1, 32).double() / scale.double()).float().numpy()
+    codes = _codes(scaled, fmt)
+    decoded = torch.from_numpy(_decode(codes, fmt)).double() * scale.double()
+    if not torch.equal(decoded.reshape(rows, cols), weight.double()):
+        raise ValueError(f"the {fmt.name} codes and block scales do not give the quantized weight")
+    return WeightCodes(codes.reshape(rows, cols), exponents.to(torch.int64).numpy(), fmt)
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Packs each row of ``codes`` ([rows, cols], uint8) densely, little-endian: two MXFP4 codes
+    a byte (low nibble first), four MXFP6 codes in a 24-bit little-endian word, one MXFP8 code a
+    byte. Returns [rows, cols * bits / 8] uint8 (``cols * bits`` must be a multiple of 8)."""
+    rows, cols = codes.shape
+    if cols * bits % 8:
+        raise ValueError(f"{cols} codes of {bits} bits do not fill whole bytes")
+    return _pack_bits(codes, bits).reshape(rows, cols * bits // 8)
 
 
 def pack_weights(model: nn.Module, path: str) -> Dict[str, int]:
@@ -236,16 +263,17 @@ def pack_weights(model: nn.Module, path: str) -> Dict[str, int]:
         weight_quants = [q for q in quants if q.role == "weight"]
         if not weight_quants:
             continue
-        blocks, exponent, fmt = _weight_blocks(weight_quants[0], modules[name])
-        scaled = (blocks / torch.exp2(exponent)[..., None]).numpy()
-        codes = _codes(scaled, fmt)
-        packed = _pack_bits(codes, fmt.bits)
-        scales = (exponent + 127).to(torch.uint8).numpy().reshape(-1)  # E8M0: biased exponent
+        stored = weight_codes(weight_quants[0], modules[name])
+        packed = pack_codes(stored.codes, stored.fmt.bits).reshape(-1)
+        scales = (stored.exponents + 127).astype(np.uint8).reshape(-1)  # E8M0: biased exponent
         tensors[f"{name}.codes"] = packed
         tensors[f"{name}.scales"] = scales
-        meta[name] = json.dumps({"format": fmt.name, "shape": list(modules[name].weight.shape)})
+        meta[name] = json.dumps(
+            {
+                "format": stored.fmt.name, "shape": list(modules[name].weight.shape)
+            })
         payload += packed.nbytes + scales.nbytes
-        elements += codes.size
+        elements += stored.codes.size
     save_file(tensors, path, metadata=meta)
     return {"payload_bytes": payload, "file_bytes": os.path.getsize(path), "elements": elements}
 

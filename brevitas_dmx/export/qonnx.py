@@ -32,7 +32,7 @@ from brevitas_dmx.formats import format_from_bits
 from brevitas_dmx.functional import mx_exponent_bias
 from brevitas_dmx.functional import mx_max_exponent
 from brevitas_dmx.functional import mx_max_normal
-from brevitas_dmx.quant.fixed import NonClipScaleMixin
+from brevitas_dmx.quant.fixed import injector_scale_rule
 
 
 def mx_node_attributes(proxy: nn.Module) -> dict:
@@ -49,7 +49,7 @@ def mx_node_attributes(proxy: nn.Module) -> dict:
         "max_exponent": int(mx_max_exponent(e_t)),
         "block_size": int(injector.group_size),
         "axis": int(injector.group_dim),
-        "scale_rule": "nonclip" if issubclass(injector, NonClipScaleMixin) else "floor",
+        "scale_rule": injector_scale_rule(injector),
     }
 
 

@@ -5,9 +5,11 @@
 The ONNX domain of the node is this module's path, which is how qonnx finds the op to execute
 it. Execution is numpy: the shared E8M0 scale of every block of ``block_size`` elements along
 ``axis`` (``scale_rule`` "floor": ``2^(floor(log2 amax) - emax)``, the OCP rule; "nonclip":
-``2^ceil(log2(amax / max_val))``), then qonnx's own ``FloatQuant`` reference (``float_quant``)
-on the elements with that scale. It shares no code with the torch quantizers, so running an
-exported graph checks them against an independent implementation.
+``2^ceil(log2(amax / max_val))``; "even", AMD Quark's rule: ``2^(floor(log2 amax) - emax)``, one
+power higher where ``amax / 2^floor(log2 amax) >= 2 - 2^-(m+1)``, found with ``np.frexp``), then
+qonnx's own ``FloatQuant`` reference (``float_quant``) on the elements with that scale. It shares
+no code with the torch quantizers, so running an exported graph checks them against an
+independent implementation.
 """
 
 import numpy as np
@@ -39,13 +41,22 @@ def _blocks(x: np.ndarray, axis: int, block_size: int):
 
 
 def mx_block_scale(
-        blocks: np.ndarray, max_exponent: int, max_val: float, scale_rule: str) -> np.ndarray:
-    """The shared power-of-two scale of each block (last dimension, kept with size 1)."""
+        blocks: np.ndarray,
+        max_exponent: int,
+        max_val: float,
+        scale_rule: str,
+        mantissa_bits: int = 0) -> np.ndarray:
+    """The shared power-of-two scale of each block (last dimension, kept with size 1);
+    ``mantissa_bits`` is read by the even rule only."""
     amax = np.maximum(np.abs(blocks).max(axis=-1, keepdims=True), np.float32(SCALING_MIN_VAL))
     if scale_rule == "floor":
         exponent = np.floor(np.log2(amax)) - max_exponent
     elif scale_rule == "nonclip":
         exponent = np.ceil(np.log2(amax / np.float32(max_val)))
+    elif scale_rule == "even":
+        fraction, power = np.frexp(amax.astype(np.float64))  # amax = fraction * 2^power, exact
+        carry = 2 * fraction >= 2 - 2.0**-(mantissa_bits + 1)
+        exponent = power - 1 + carry - max_exponent
     else:
         raise ValueError(f"Unknown scale_rule {scale_rule!r}")
     return np.exp2(exponent).astype(np.float32)
@@ -77,7 +88,8 @@ class MXFloatQuant(CustomOp):
             blocks,
             self.get_nodeattr("max_exponent"),
             self.get_nodeattr("max_val"),
-            self.get_nodeattr("scale_rule"))
+            self.get_nodeattr("scale_rule"),
+            self.get_nodeattr("mantissa_bitwidth"))
         out = float_quant(
             blocks,
             scale,

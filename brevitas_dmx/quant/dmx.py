@@ -8,7 +8,8 @@ Use them like any Brevitas quantizer::
 
 The weight and input quantizers of one layer share one learnable offset unless
 ``dmx_share_offset=False`` (``DMXFloatWeight.let(dmx_share_offset=False)``), or their ladders
-differ. ``dmx_scale_rule`` picks the shared-scale rule ("floor", OCP; or "nonclip").
+differ. ``dmx_scale_rule`` picks the shared-scale rule ("floor", OCP; "nonclip"; or "even",
+AMD Quark's and vLLM's).
 """
 
 from brevitas.inject import ExtendedInjector

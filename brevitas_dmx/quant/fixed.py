@@ -5,7 +5,10 @@
 Brevitas ships ``MXFloat8e4m3Weight``/``MXFloat8e4m3Act``; the other element formats are the
 same quantizers with Brevitas's element mixins. The ``NonClip`` variants use the scale
 ``2**ceil(log2(amax / max_normal))``, the smallest power of two that does not saturate the block
-maximum, built from Brevitas's own scaling modules.
+maximum, built from Brevitas's own scaling modules. The ``Even`` variants use AMD Quark's default
+rule, ``2**(floor(log2(even(amax))) - emax)`` (``brevitas_dmx.functional.even_block_exponent``):
+Brevitas's power-of-two threshold ``2**emax`` stays, and the block maximum is rounded to a power
+of two by ``EvenPowerOfTwo`` in place of ``2**floor(log2 amax)``.
 """
 
 import brevitas
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor
 
 from brevitas_dmx.formats import element_format
+from brevitas_dmx.functional import even_block_exponent
 from brevitas_dmx.functional import SCALE_RULES
 
 
@@ -46,6 +50,41 @@ class NonClipScaleMixin(ExtendedInjector):
     restrict_scaling_type = RestrictValueType.FP
     threshold_mixin = FloatThresholdMixin
     restrict_scale_threshold_impl = CeilPowerOfTwo
+
+
+class EvenPowerOfTwo(brevitas.jit.ScriptModule):
+    """Rounds a positive block maximum to a power of two as AMD Quark's ``even`` rule does:
+    ``2**floor(log2 amax)``, or the next power of two when ``amax`` rounded half up to the
+    element's ``mantissa_bit_width`` fraction bits reaches it (``even_block_exponent``). Found
+    in float32 on the exact bits, as Quark finds it, and returned in ``x``'s dtype.
+
+    Used as the scaling's ``restrict_scaling_impl`` with a float (identity) pre-restriction, so
+    it sees the block maximum itself, not its ``log2``."""
+
+    def __init__(self, mantissa_bit_width: int) -> None:
+        super().__init__()
+        self.step_factor = 2.0**-int(mantissa_bit_width)
+
+    def restrict_init_float(self, x: float):
+        return abs(x)
+
+    def restrict_init_tensor(self, x: Tensor):
+        return torch.abs(x)
+
+    def restrict_init_module(self):
+        return FloatRestrictValue().restrict_init_module()
+
+    def restrict_init_inplace_module(self):
+        return FloatRestrictValue().restrict_init_inplace_module()
+
+    def forward(self, x: Tensor) -> Tensor:
+        amax = x.to(torch.float32)
+        return torch.exp2(even_block_exponent(amax, self.step_factor)).to(x.dtype)
+
+
+class EvenScaleMixin(ExtendedInjector):
+    """Scale = 2**(floor(log2(even(amax))) - emax): AMD Quark's default MX rule."""
+    restrict_scaling_impl = EvenPowerOfTwo
 
 
 class MXFloat4e2m1Weight(Fp4e2m1Mixin, MXFloat8e4m3Weight):
@@ -106,4 +145,23 @@ def fixed_mx_quantizer(fmt: str, role: str, scale_rule: str = "floor"):
     quant = (_WEIGHT if role == "weight" else _ACT)[fmt.name]
     if scale_rule == "nonclip":
         quant = type(quant.__name__ + "NonClip", (NonClipScaleMixin, quant), {})
+    elif scale_rule == "even":
+        quant = type(quant.__name__ + "Even", (EvenScaleMixin, quant), {})
     return quant
+
+
+def injector_scale_rule(injector) -> str:
+    """The scale rule of a fixed MX quantizer made by ``fixed_mx_quantizer``."""
+    if issubclass(injector, NonClipScaleMixin):
+        return "nonclip"
+    if issubclass(injector, EvenScaleMixin):
+        return "even"
+    return "floor"
+
+
+def scale_rule_of(quant) -> str:
+    """The scale rule of an MX quantizer record (``brevitas_dmx.model.mx_quantizers``): its
+    learnable format's, or its fixed injector's."""
+    if quant.dmx is not None:
+        return quant.dmx.scale_rule
+    return injector_scale_rule(quant.proxy.quant_injector)
