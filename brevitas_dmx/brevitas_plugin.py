@@ -32,19 +32,10 @@ from brevitas_examples.llm.llm_quant.trainer_utils import \
     TrainingArguments as BrevitasTrainingArguments
 
 import brevitas_dmx as dmx
-from brevitas_dmx.config import DEFAULT_LAMBDA
-from brevitas_dmx.config import DEFAULT_LR
 from brevitas_dmx.config import DEFAULT_MOMENTUM
-from brevitas_dmx.config import DEFAULT_TEMP_DELAY
-from brevitas_dmx.config import DEFAULT_TEMP_END
-from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.evaluate import format_table
-from brevitas_dmx.quant import DMXFloat6Act
-from brevitas_dmx.quant import DMXFloat6Weight
-from brevitas_dmx.quant import DMXFloatAct
-from brevitas_dmx.quant import DMXFloatStaircaseAct
-from brevitas_dmx.quant import DMXFloatStaircaseWeight
-from brevitas_dmx.quant import DMXFloatWeight
+from brevitas_dmx.llm_args import BudgetArguments
+from brevitas_dmx.quant import LADDER_QUANTIZERS
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
 from brevitas_dmx.solver.projection import project_model
 from brevitas_dmx.solver.regularizers import TargetAwarePenalty
@@ -53,20 +44,17 @@ from brevitas_dmx.solver.trainer import DMXLossMixin
 
 @QUANTIZERS_REGISTRY.register("dmx")
 class DMXQuantizer(BaseQuantizer):
-    weight_quant = DMXFloatWeight
-    linear_input_quant = DMXFloatAct
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS["mxfp8-mxfp4"]
 
 
 @QUANTIZERS_REGISTRY.register("dmx6")
 class DMX6Quantizer(BaseQuantizer):
-    weight_quant = DMXFloat6Weight
-    linear_input_quant = DMXFloat6Act
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS["mxfp6-mxfp4"]
 
 
 @QUANTIZERS_REGISTRY.register("dmx-staircase")
 class DMXStaircaseQuantizer(BaseQuantizer):
-    weight_quant = DMXFloatStaircaseWeight
-    linear_input_quant = DMXFloatStaircaseAct
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS["mxfp8-mxfp6-mxfp4"]
 
 
 def dmx_offset_parameters(model, training_args) -> List:
@@ -88,15 +76,13 @@ _CONSTANT_LR = {
 
 
 @dataclass
-class DMXTrainingArguments(BrevitasTrainingArguments):
-    dmx_target_bits: float = field(default=6.0, metadata={"help": "Bit budget."})
-    dmx_lambda: float = field(default=DEFAULT_LAMBDA, metadata={"help": "Penalty weight."})
-    dmx_average: str = field(default="simple", metadata={"help": "simple, size or memory."})
-    dmx_budget_with_scales: bool = field(default=False)
-    dmx_temp_start: float = field(default=DEFAULT_TEMP_START)
-    dmx_temp_end: float = field(default=DEFAULT_TEMP_END)
-    dmx_temp_delay: float = field(default=DEFAULT_TEMP_DELAY)
-    dmx_lr: float = field(default=DEFAULT_LR, metadata={"help": "Offset learning rate (SGD)."})
+class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
+    """Brevitas's training arguments, the budget settings of ``brevitas_dmx_llm`` (the same
+    fields, defaults and help: ``BudgetArguments``) and the rotations' own."""
+    # The stock path always searches, so its budget has a default.
+    dmx_target_bits: float = field(
+        default=6.0,
+        metadata={"help": "Bit budget: the average bits per element the result may not exceed."})
     dmx_learn_rotations: bool = field(
         default=False,
         metadata={"help": "Train the rotations of --rotation ... --fine-tune jointly (CaileySGD)."})

@@ -12,6 +12,8 @@ HUB_DATASETS = ("wikitext2", "c4", "pile", "fineweb")
 
 # Methods of ``brevitas_dmx_llm --dmx-method``: dmx learns the formats; the rest are baselines.
 METHODS = ("dmx", "kl", "fisher", "uniform", "mlp8", "float")
+# The methods that search for formats under a bit budget (and so need one).
+SEARCHING_METHODS = ("dmx", "kl", "fisher")
 # Which average bit width a budget binds (``average_bits``'s ``weighting``).
 WEIGHTINGS = ("simple", "size", "memory")
 # How an offset becomes a format in training: the tempered sigmoid, or straight-through rounding.

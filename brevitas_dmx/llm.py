@@ -30,7 +30,6 @@ from torch import nn
 from transformers.trainer_utils import get_last_checkpoint
 
 from brevitas_dmx import distributed
-from brevitas_dmx import quant
 import brevitas_dmx as dmx
 from brevitas_dmx.baselines import fisher_sensitivity
 from brevitas_dmx.baselines import kl_sensitivity
@@ -38,6 +37,7 @@ from brevitas_dmx.baselines import linear_layers
 from brevitas_dmx.baselines import mlp_high_map
 from brevitas_dmx.baselines import unit_scores
 from brevitas_dmx.config import HUB_DATASETS
+from brevitas_dmx.config import SEARCHING_METHODS
 from brevitas_dmx.data import calibration_samples
 from brevitas_dmx.data import check_dataset_name
 from brevitas_dmx.data import DataError
@@ -60,6 +60,7 @@ from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.llm_args import build_parser
+from brevitas_dmx.llm_args import check_ranges
 from brevitas_dmx.llm_args import PROG
 from brevitas_dmx.model import check_format_map
 from brevitas_dmx.model import set_rounding
@@ -67,7 +68,8 @@ from brevitas_dmx.models import load_model
 from brevitas_dmx.models import load_tokenizer
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
-from brevitas_dmx.nn import DMXQuantLinear
+from brevitas_dmx.nn import dmx_linear_map
+from brevitas_dmx.quant import LADDER_QUANTIZERS
 from brevitas_dmx.solver import DMXTrainer
 from brevitas_dmx.solver import project_model
 from brevitas_dmx.solver import ScalingPenalty
@@ -123,6 +125,17 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     ``defaults`` are the parser's defaults before a YAML ``--config`` changed them, so flags set
     in a config count as set."""
     defaults = defaults or {a.dest: a.default for a in parser._actions}
+    if not _check_mode(parser, args, defaults):
+        return
+    method, file_map = _check_method(args)
+    _check_evaluation(args)
+    _check_deployment(args, method, file_map)
+    _check_run(args)
+
+
+def _check_mode(parser, args, defaults: Dict) -> bool:
+    """Whether the run is a dMX one; refuses dMX flags without --dmx and, with it, the Brevitas
+    flags that this command's pipeline does not compose with."""
     dmx_set = [d for d in _dmx_dests(parser) if d != "dmx" and getattr(args, d) != defaults[d]]
     if not args.dmx:
         if dmx_set:
@@ -130,7 +143,7 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
                 f"{', '.join(map(_flag, dmx_set))} need --dmx (add --dmx to learn formats)")
         if args.dataset not in HUB_DATASETS:
             raise UsageError(f"--dataset {args.dataset!r}: local data sets need --dmx")
-        return
+        return False
     foreign = [
         a.dest
         for a in parser._actions
@@ -144,6 +157,12 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             f"with rotations, GPTQ and evaluation: --custom-quantizer "
             f"examples/brevitas_dmx_plugin.py:dmx --fine-tune --custom-trainer "
             f"examples/brevitas_dmx_plugin.py:dmx --dmx_target_bits BITS (see the README).")
+    return True
+
+
+def _check_method(args) -> Tuple[str, Optional[Dict]]:
+    """The method's own flags: its format or format map, the offsets it re-targets, its budget.
+    Returns the method ("map" for a format map) and the format map, read and checked."""
     ladder = LADDERS[args.dmx_ladder]
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
@@ -165,21 +184,12 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     elif args.dmx_format is not None:
         raise UsageError("--dmx-format is the format of --dmx-method uniform only")
     if args.dmx_retarget_from is not None:
-        if method != "dmx":
-            raise UsageError(
-                "--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
-        if args.dmx_resume:
-            raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
-        offsets = os.path.join(args.dmx_retarget_from, OFFSETS_FILE)
-        if not os.path.isfile(offsets):
-            raise UsageError(
-                f"--dmx-retarget-from {args.dmx_retarget_from!r}: no {os.path.basename(offsets)} "
-                f"there (the folder of a finished dMX run, its --dmx-output)")
-    if method in ("dmx", "kl", "fisher") and args.dmx_target_bits is None:
+        _check_retarget(args, method)
+    if method in SEARCHING_METHODS and args.dmx_target_bits is None:
         raise UsageError(
             f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
             f"--dmx-ladder {ladder.name}")
-    if method in ("dmx", "kl", "fisher") and not low <= args.dmx_target_bits <= high:
+    if method in SEARCHING_METHODS and not low <= args.dmx_target_bits <= high:
         raise UsageError(
             f"--dmx-target-bits {args.dmx_target_bits:g} is outside what --dmx-ladder "
             f"{ladder.name} can reach: {low:g} to {high:g} bits"
@@ -190,6 +200,23 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(
                 f"--dmx-format {args.dmx_format} needs {bits:g} bits, over --dmx-target-bits "
                 f"{args.dmx_target_bits:g}")
+    return method, file_map
+
+
+def _check_retarget(args, method: str) -> None:
+    if method != "dmx":
+        raise UsageError("--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
+    if args.dmx_resume:
+        raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
+    offsets = os.path.join(args.dmx_retarget_from, OFFSETS_FILE)
+    if not os.path.isfile(offsets):
+        raise UsageError(
+            f"--dmx-retarget-from {args.dmx_retarget_from!r}: no {os.path.basename(offsets)} "
+            f"there (the folder of a finished dMX run, its --dmx-output)")
+
+
+def _check_evaluation(args) -> None:
+    """The zero-shot tasks exist (locally or in lm-eval) and their folder does."""
     if args.dmx_eval_include is not None and not os.path.isdir(args.dmx_eval_include):
         raise UsageError(f"--dmx-eval-include {args.dmx_eval_include!r}: no such folder")
     if args.dmx_eval_include is not None and args.dmx_eval_tasks is None:
@@ -199,8 +226,10 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             task_manager(_eval_tasks(args), args.dmx_eval_include)
         except ValueError as err:
             raise UsageError(f"--dmx-eval-tasks: {err}") from None
-    if args.dmx_eval_limit is not None and args.dmx_eval_limit < 1:
-        raise UsageError(f"--dmx-eval-limit must be positive, got {args.dmx_eval_limit}")
+
+
+def _check_deployment(args, method: str, file_map: Optional[Dict]) -> None:
+    """What the deployment flags need: a quantized model, their extras, Quark's formats."""
     if (args.dmx_save_pretrained or args.dmx_export_qonnx or
             args.dmx_export_quark) and method == "float":
         raise UsageError(
@@ -217,33 +246,22 @@ def validate(parser, args, defaults: Optional[Dict] = None) -> None:
             raise UsageError(
                 f"--dmx-export-qonnx needs the export extra ({err.name} is missing): "
                 f"pip install 'brevitas-dmx[export]'") from None
-    if args.dmx_sensitivity_samples < 1:
-        raise UsageError(
-            f"--dmx-sensitivity-samples must be positive, got {args.dmx_sensitivity_samples}")
-    positive = {
-        "dmx_steps": args.dmx_steps,
-        "dmx_batch_size": args.dmx_batch_size,
-        "dmx_grad_accum": args.dmx_grad_accum,
-        "dmx_lr": args.dmx_lr,
-        "dmx_temp_start": args.dmx_temp_start,
-        "dmx_temp_end": args.dmx_temp_end,
-        "dmx_eval_windows": args.dmx_eval_windows,
-        "nsamples": args.nsamples,
-        "seqlen": args.seqlen
-    }
-    for dest, value in positive.items():
-        if not value > 0:
-            raise UsageError(f"{_flag(dest)} must be positive, got {value}")
+
+
+def _check_run(args) -> None:
+    """The ranges of the numeric flags, the batch against the processes, the output folder to
+    resume, the data set and the model."""
+    try:
+        check_ranges(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    for dest in ("nsamples", "seqlen"):
+        if not getattr(args, dest) > 0:
+            raise UsageError(f"{_flag(dest)} must be positive, got {getattr(args, dest)}")
     if args.dmx_batch_size % distributed.world_size():
         raise UsageError(
             f"--dmx-batch-size {args.dmx_batch_size} is the global batch: it must be a multiple "
             f"of the {distributed.world_size()} processes")
-    if args.dmx_lambda < 0:
-        raise UsageError(f"--dmx-lambda must be >= 0, got {args.dmx_lambda}")
-    if not 0 <= args.dmx_temp_delay <= 1:
-        raise UsageError(f"--dmx-temp-delay is a fraction in [0, 1], got {args.dmx_temp_delay}")
-    if not 0 < args.dmx_eval_fraction < 1:
-        raise UsageError(f"--dmx-eval-fraction must be in (0, 1), got {args.dmx_eval_fraction}")
     if args.dmx_resume is not None and not os.path.isdir(args.dmx_resume):
         raise UsageError(f"--dmx-resume {args.dmx_resume!r}: no such output folder")
     if args.dataset in HUB_DATASETS and args.dataset != "wikitext2":
@@ -303,23 +321,11 @@ def _texts(args):
 
 
 def _layer_map(args):
-
-    names = {
-        "mxfp8-mxfp4": ("DMXFloatWeight", "DMXFloatAct"),
-        "mxfp6-mxfp4": ("DMXFloat6Weight", "DMXFloat6Act"),
-        "mxfp8-mxfp6-mxfp4": ("DMXFloatStaircaseWeight", "DMXFloatStaircaseAct"),
-    }
-    weight_name, act_name = names[args.dmx_ladder]
-    weight = getattr(quant, weight_name).let(dmx_scale_rule=args.dmx_scale_rule)
-    act = None if args.dmx_weights_only else getattr(quant, act_name).let(
-        dmx_scale_rule=args.dmx_scale_rule)
-    return {
-        nn.Linear:
-            (
-                DMXQuantLinear, {
-                    "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
-                }),
-    }
+    """The ``layerwise_quantize`` map: the ladder's learnable quantizers on every Linear."""
+    weight, act = LADDER_QUANTIZERS[args.dmx_ladder]
+    weight = weight.let(dmx_scale_rule=args.dmx_scale_rule)
+    act = None if args.dmx_weights_only else act.let(dmx_scale_rule=args.dmx_scale_rule)
+    return dmx_linear_map(weight, act)
 
 
 def _peak_memory_bytes(device) -> int:
@@ -435,7 +441,7 @@ def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
             f"{flag} needs --dmx-scale-rule even (got {args.dmx_scale_rule}): Quark and vLLM "
             f"quantize inputs with the even rule, so a {args.dmx_scale_rule} model would not be "
             f"served as it was evaluated")
-    if method in ("dmx", "kl", "fisher") and args.dmx_tie != "qkv-gateup":
+    if method in SEARCHING_METHODS and args.dmx_tie != "qkv-gateup":
         raise UsageError(
             f"{flag} needs the layers a runtime fuses (q/k/v, gate/up) in one format: add "
             f"--dmx-tie qkv-gateup")

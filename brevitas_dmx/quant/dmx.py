@@ -39,6 +39,7 @@ __all__ = [
     "DMXFloat6Act",
     "DMXFloatStaircaseWeight",
     "DMXFloatStaircaseAct",
+    "LADDER_QUANTIZERS",
 ]
 
 
@@ -120,3 +121,11 @@ class DMXFloatStaircaseWeight(MXFP8MXFP6MXFP4StaircaseMixin, DMXFloatWeightBase)
 
 class DMXFloatStaircaseAct(MXFP8MXFP6MXFP4StaircaseMixin, DMXFloatActBase):
     """MXFP8/MXFP6/MXFP4 staircase activation quantizer."""
+
+
+# The quantizers of each ladder (``brevitas_dmx.formats.LADDERS``): (weight, input).
+LADDER_QUANTIZERS = {
+    "mxfp8-mxfp4": (DMXFloatWeight, DMXFloatAct),
+    "mxfp6-mxfp4": (DMXFloat6Weight, DMXFloat6Act),
+    "mxfp8-mxfp6-mxfp4": (DMXFloatStaircaseWeight, DMXFloatStaircaseAct),
+}
