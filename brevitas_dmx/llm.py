@@ -8,6 +8,9 @@ blocks of 32), the offsets train under the bit budget, the formats are projected
 the budget, the model is finalized to fixed Brevitas MX quantizers and evaluated.
 """
 
+import argparse
+from dataclasses import dataclass
+from dataclasses import field
 import gc
 import json
 import logging
@@ -78,6 +81,7 @@ from brevitas_dmx.solver import training_arguments
 from brevitas_dmx.solver.projection import assign_projection
 from brevitas_dmx.solver.projection import budget_problem
 from brevitas_dmx.solver.projection import project_scores
+from brevitas_dmx.solver.projection import Projection
 from brevitas_dmx.solver.projection import save_problem
 from brevitas_dmx.solver.trainer import load_offsets
 from brevitas_dmx.solver.trainer import NonFiniteLossError
@@ -557,11 +561,50 @@ def _train(args, model, calib, out_dir, weighting_kwargs) -> str:
     return str(trainer.accelerator.distributed_type.value)
 
 
-def run_dmx(args) -> Dict:
-    """The whole job of one method. Returns the metrics it also writes to ``--dmx-output``."""
+@dataclass
+class Run:
+    """What the stages of one run share: its settings, data, model and metrics so far."""
+    args: argparse.Namespace
+    method: str  # a --dmx-method, or "map" for --dmx-format-map
+    out_dir: str
+    device: torch.device
+    started: float
+    tokenizer: object = None
+    calib: List[Dict] = field(default_factory=list)
+    windows: Optional[torch.Tensor] = None
+    model: Optional[nn.Module] = None
+    file_map: Optional[Dict] = None
+    metrics: Dict = field(default_factory=dict)
 
+
+def run_dmx(args) -> Dict:
+    """The whole job of one method, in stages: start, load, evaluate the float model, quantize,
+    the uniform baselines, search (the method's own stage, ``SEARCHES``), evaluate, finalize,
+    report and deploy. Returns the metrics it also writes to ``--dmx-output``."""
+    run = _start(args)
+    _load(run)
+    float_nll = _evaluate_float(run)
+    if run.method == "float":
+        run.metrics.update(
+            quant_ppl=run.metrics["float_ppl"], window_nll=float_nll.tolist(), search_time_s=0.0)
+        _zero_shot(args, run.model, run.tokenizer, run.metrics)
+        return _finish(run, None)
+    scores, search_time = None, 0.0
+    if run.method in ("kl", "fisher"):  # scored on the float model, before it is quantized
+        scores, search_time = _sensitivity(args, run.model, run.calib, run.method)
+    layers = _quantize(run)
+    if run.method == "dmx" and not args.dmx_skip_baselines:
+        _uniform_baselines(run, layers)
+    search_start = time.perf_counter()
+    projection = SEARCHES[run.method](run, layers, scores)
+    run.metrics["search_time_s"] = search_time + time.perf_counter() - search_start
+    _evaluate_quantized(run)
+    return _finish(run, _finalize(run, projection))
+
+
+def _start(args) -> Run:
+    """The processes, the output folder (with the run's arguments), the seed and the device."""
     started = time.perf_counter()
-    method = _method(args)
     out_dir = args.dmx_resume or args.dmx_output
     distributed.setup()  # under accelerate launch / torchrun: one process per device
     os.makedirs(out_dir, exist_ok=True)
@@ -574,117 +617,159 @@ def run_dmx(args) -> Dict:
         os.getloadavg()[0], os.cpu_count(), torch.get_num_threads(), os.environ)
     if note and device.type == "cpu":
         logger.info(note)
+    return Run(args, _method(args), out_dir, device, started)
 
+
+def _load(run: Run) -> None:
+    """The tokenizer, calibration samples, evaluation windows and float model; the format map
+    checked against the model's layers; the metrics that describe the run."""
+    args = run.args
     logger.info(f"data: {args.dataset}")
-    tokenizer = load_tokenizer(args.model)
+    run.tokenizer = load_tokenizer(args.model)
     calib_text, eval_text = _texts(args)
-    calib = calibration_samples(tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
-    windows = evaluation_windows(tokenizer, eval_text, args.seqlen, args.dmx_eval_windows)
+    run.calib = calibration_samples(
+        run.tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
+    run.windows = evaluation_windows(run.tokenizer, eval_text, args.seqlen, args.dmx_eval_windows)
     logger.info(
-        f"{len(calib)} calibration samples and {len(windows)} evaluation windows of "
+        f"{len(run.calib)} calibration samples and {len(run.windows)} evaluation windows of "
         f"{args.seqlen} tokens")
-
     logger.info(f"model: {args.model}")
-    model = load_model(args.model, args.dtype).to(device)
-    file_map = None  # read once here, after validate() checked its formats
-    if method == "map":
-        file_map = read_format_map(args.dmx_format_map)
-        _check_map_layers(args, model, file_map)
-    metrics = {
+    run.model = load_model(args.model, args.dtype).to(run.device)
+    if run.method == "map":  # read once here, after validate() checked its formats
+        run.file_map = read_format_map(args.dmx_format_map)
+        _check_map_layers(args, run.model, run.file_map)
+    run.metrics = {
         "model": args.model,
         "dataset": args.dataset,
         "seqlen": args.seqlen,
-        "method": method if method != "map" else f"map:{args.dmx_format_map}",
+        "method": run.method if run.method != "map" else f"map:{args.dmx_format_map}",
         "target_bits": args.dmx_target_bits,
         "ladder": args.dmx_ladder,
         "average": args.dmx_average,
         "budget_with_scales": args.dmx_budget_with_scales,
-        "eval_windows": len(windows),
-        "eval_fingerprint": windows_fingerprint(windows)
+        "eval_windows": len(run.windows),
+        "eval_fingerprint": windows_fingerprint(run.windows)
     }
-    float_nll = _float_window_nll(args, model, windows, metrics["eval_fingerprint"], device)
-    metrics["float_ppl"] = perplexity_of(float_nll, args.seqlen)
-    logger.info(f"float perplexity {metrics['float_ppl']:.3f}")
-    if method == "float":
-        metrics["quant_ppl"] = metrics["float_ppl"]
-        metrics["window_nll"] = float_nll.tolist()
-        metrics["search_time_s"] = 0.0
-        _zero_shot(args, model, tokenizer, metrics)
-        return _finish(args, model, tokenizer, metrics, None, out_dir, started, device)
 
-    scores, search_time = None, 0.0
-    if method in ("kl", "fisher"):
-        scores, search_time = _sensitivity(args, model, calib, method)
 
+def _evaluate_float(run: Run) -> torch.Tensor:
+    """The float model's NLL per window (from the cache where it has them) and perplexity."""
+    float_nll = _float_window_nll(
+        run.args, run.model, run.windows, run.metrics["eval_fingerprint"], run.device)
+    run.metrics["float_ppl"] = perplexity_of(float_nll, run.args.seqlen)
+    logger.info(f"float perplexity {run.metrics['float_ppl']:.3f}")
+    return float_nll
+
+
+def _quantize(run: Run) -> List[Tuple[str, nn.Module]]:
+    """Learnable MX quantizers on every Linear layer but the excluded ones; fused layers tied
+    as asked. Returns the layers with a learnable format."""
+    args = run.args
     blacklist = list(_excluded_layers(args))
     # Brevitas builds the input quantizers on the CPU: move the new offsets to the model's device.
-    model = layerwise_quantize(model, _layer_map(args), name_blacklist=blacklist).to(device)
-    layers = dmx.dmx_layers(model)
+    run.model = layerwise_quantize(
+        run.model, _layer_map(args), name_blacklist=blacklist).to(run.device)
+    layers = dmx.dmx_layers(run.model)
     if not layers:
         raise UsageError(f"--model {args.model}: no Linear layers to quantize")
     if args.dmx_tie != "none":
-        dmx.tie_offsets(model, dmx.tie_groups(model, args.dmx_tie))
+        dmx.tie_offsets(run.model, dmx.tie_groups(run.model, args.dmx_tie))
     logger.info(
         f"{len(layers)} layers with a learnable format, "
-        f"{len(dmx.dmx_offsets(model))} offsets")
+        f"{len(dmx.dmx_offsets(run.model))} offsets")
+    return layers
 
-    ladder = LADDERS[args.dmx_ladder]
-    if method == "dmx" and not args.dmx_skip_baselines:
-        for fmt in (ladder.formats[0], ladder.formats[-1]):
-            dmx.apply_format_map(model, {name: fmt.name for name, _ in layers})
-            key = _uniform_key(fmt)
-            metrics[key] = perplexity_of(
-                window_nll(model, windows, args.dmx_eval_batch_size, key), args.seqlen)
-            logger.info(f"uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {metrics[key]:.3f}")
-        dmx.clear_format_pins(model)
 
-    weighting_kwargs = dict(
-        weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
-    search_start = time.perf_counter()
-    if method == "dmx":
-        if args.dmx_retarget_from:
-            load_offsets(
-                model,
-                torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
-            metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
-            metrics["retargeted_steps"] = _source_train_steps(args.dmx_retarget_from)
-            logger.info(f"offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
-        else:
-            metrics["parallelism"] = _train(args, model, calib, out_dir, weighting_kwargs)
-            metrics["train_time_s"] = time.perf_counter() - search_start
-            metrics["train_steps"] = args.dmx_steps
-            metrics["train_grad_accum"] = args.dmx_grad_accum
-        model.eval()
-        metrics["learned_avg_bits"] = dmx.bits_report(model)[args.dmx_average]
-        projection = project_model(model, args.dmx_target_bits, **weighting_kwargs)
-    elif method in ("kl", "fisher"):
-        problem = budget_problem(model)
-        solver = "greedy" if method == "kl" else "knapsack"
-        projection = project_scores(
-            problem,
-            unit_scores(problem, scores),
-            args.dmx_target_bits,
-            solver=solver,
-            **weighting_kwargs)
-        assign_projection(model, projection)
+def _uniform_baselines(run: Run, layers) -> None:
+    """The perplexities of the ladder's lowest and highest format on every layer."""
+    ladder = LADDERS[run.args.dmx_ladder]
+    for fmt in (ladder.formats[0], ladder.formats[-1]):
+        dmx.apply_format_map(run.model, {name: fmt.name for name, _ in layers})
+        key = _uniform_key(fmt)
+        run.metrics[key] = perplexity_of(
+            window_nll(run.model, run.windows, run.args.dmx_eval_batch_size, key), run.args.seqlen)
+        logger.info(f"uniform {fmt.mx_name.upper()} ({fmt.name}) perplexity {run.metrics[key]:.3f}")
+    dmx.clear_format_pins(run.model)
+
+
+def _weighting(args) -> Dict:
+    """The average a budget binds, as ``average_bits`` and the projections take it."""
+    return dict(weighting=args.dmx_average, include_scale_bits=args.dmx_budget_with_scales)
+
+
+def _search_dmx(run: Run, layers, scores) -> Projection:
+    """dMX: the offsets trained under the budget (or re-used from another run), then projected
+    exactly onto it."""
+    args, metrics = run.args, run.metrics
+    if args.dmx_retarget_from:
+        load_offsets(
+            run.model,
+            torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
+        metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
+        metrics["retargeted_steps"] = _source_train_steps(args.dmx_retarget_from)
+        logger.info(f"offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
     else:
-        preset = file_map if method == "map" else _preset_map(args, [n for n, _ in layers])
-        dmx.apply_format_map(model, preset)
-        projection = None
-    search_time += time.perf_counter() - search_start
-    metrics["search_time_s"] = search_time
-    # Evaluated with the learnable quantizers on their discrete formats: bit-identical to the
-    # finalized model (checked below) and faster, as they quantize each frozen weight only once.
-    model.eval()
-    # Kept per window, so that two points on the same windows can be compared pairwise.
-    quant_nll = window_nll(model, windows, args.dmx_eval_batch_size, f"{method} ppl")
-    metrics["window_nll"] = quant_nll.tolist()
-    metrics["quant_ppl"] = perplexity_of(quant_nll, args.seqlen)
-    _zero_shot(args, model, tokenizer, metrics)
+        train_start = time.perf_counter()
+        metrics["parallelism"] = _train(args, run.model, run.calib, run.out_dir, _weighting(args))
+        metrics["train_time_s"] = time.perf_counter() - train_start
+        metrics["train_steps"] = args.dmx_steps
+        metrics["train_grad_accum"] = args.dmx_grad_accum
+    run.model.eval()
+    metrics["learned_avg_bits"] = dmx.bits_report(run.model)[args.dmx_average]
+    return project_model(run.model, args.dmx_target_bits, **_weighting(args))
+
+
+def _search_sensitivity(run: Run, layers, scores) -> Projection:
+    """kl (greedy, as the paper's baseline) and fisher (exact knapsack) over layer scores."""
+    problem = budget_problem(run.model)
+    projection = project_scores(
+        problem,
+        unit_scores(problem, scores),
+        run.args.dmx_target_bits,
+        solver="greedy" if run.method == "kl" else "knapsack",
+        **_weighting(run.args))
+    assign_projection(run.model, projection)
+    return projection
+
+
+def _search_preset(run: Run, layers, scores) -> None:
+    """uniform, mlp8 and a format map: formats set, not searched."""
+    preset = run.file_map if run.method == "map" else _preset_map(run.args, [n for n, _ in layers])
+    dmx.apply_format_map(run.model, preset)
+
+
+# The search stage of each method: (run, learnable layers, float-model scores) -> the
+# projection onto the budget, or None where the formats are set rather than searched.
+SEARCHES = {
+    "dmx": _search_dmx,
+    "kl": _search_sensitivity,
+    "fisher": _search_sensitivity,
+    "uniform": _search_preset,
+    "mlp8": _search_preset,
+    "map": _search_preset,
+}
+
+
+def _evaluate_quantized(run: Run) -> None:
+    """Perplexity (kept per window, for paired comparisons) and zero-shot accuracy, with the
+    learnable quantizers on their discrete formats: bit-identical to the finalized model (checked
+    in ``_finalize``) and faster, as they quantize each frozen weight only once."""
+    run.model.eval()
+    quant_nll = window_nll(
+        run.model, run.windows, run.args.dmx_eval_batch_size, f"{run.method} ppl")
+    run.metrics["window_nll"] = quant_nll.tolist()
+    run.metrics["quant_ppl"] = perplexity_of(quant_nll, run.args.seqlen)
+    _zero_shot(run.args, run.model, run.tokenizer, run.metrics)
+
+
+def _finalize(run: Run, projection: Optional[Projection]) -> Dict[str, float]:
+    """Fixed Brevitas MX quantizers in place of the learnable ones, checked to give the evaluated
+    logits and to meet the budget. Returns the deployed model's bits report."""
+    args, model = run.args, run.model
     with torch.no_grad():
-        reference = model(input_ids=windows[:1].to(device)).logits
+        reference = model(input_ids=run.windows[:1].to(run.device)).logits
         dmx.finalize(model)
-        if not torch.equal(model(input_ids=windows[:1].to(device)).logits, reference):
+        if not torch.equal(model(input_ids=run.windows[:1].to(run.device)).logits, reference):
             raise RuntimeError("the finalized model's logits differ from the evaluated ones")
     report = dmx.bits_report(model)
     if args.dmx_target_bits is not None:
@@ -692,11 +777,13 @@ def run_dmx(args) -> Dict:
                           ("_with_scales" if args.dmx_budget_with_scales else "")]
         if achieved > args.dmx_target_bits + 1e-9:
             raise UsageError(
-                f"the {method} formats take {achieved:.4g} bits ({metrics['average']} average), "
-                f"over --dmx-target-bits {args.dmx_target_bits:g}")
-    if projection is not None:
-        assert projection.average <= args.dmx_target_bits + 1e-9
-    return _finish(args, model, tokenizer, metrics, report, out_dir, started, device)
+                f"the {run.method} formats take {achieved:.4g} bits ({args.dmx_average} "
+                f"average), over --dmx-target-bits {args.dmx_target_bits:g}")
+    if projection is not None and projection.average > args.dmx_target_bits + 1e-9:
+        raise RuntimeError(
+            f"the projection's average {projection.average} is over the target "
+            f"{args.dmx_target_bits}")
+    return report
 
 
 def _zero_shot(args, model, tokenizer, metrics) -> None:
@@ -734,46 +821,53 @@ def _deploy(args, model, tokenizer, metrics) -> List[str]:
     return written
 
 
-def _finish(args, model, tokenizer, metrics, report, out_dir, started, device) -> Dict:
-    """Bits, zero-shot accuracy, the output files and the results line."""
-    ladder = LADDERS[args.dmx_ladder]
+def _finish(run: Run, report: Optional[Dict[str, float]]) -> Dict:
+    """The bits and the gap closed into the metrics; on rank 0 the deployment files, the output
+    folder's files, the results line and the printed report."""
+    args, metrics = run.args, run.metrics
     fmap = None
     if report is not None:
-        fmap = dmx.format_map(model)
+        fmap = dmx.format_map(run.model)
         metrics["avg_bits"] = report[args.dmx_average]
         metrics["avg_bits_with_scales"] = report[args.dmx_average + "_with_scales"]
         metrics["budget_binds"] = args.dmx_average + (
             " with scales" if args.dmx_budget_with_scales else " without scales")
         metrics["bits"] = report
         metrics["format_counts"] = dmx.format_counts(fmap)
+    ladder = LADDERS[args.dmx_ladder]
     low_key, high_key = _uniform_key(ladder.formats[0]), _uniform_key(ladder.formats[-1])
     if low_key in metrics and metrics[low_key] != metrics[high_key]:
         metrics["gap_closed"] = (metrics[low_key]
                                  - metrics["quant_ppl"]) / (metrics[low_key] - metrics[high_key])
-    metrics["peak_mem_bytes"] = _peak_memory_bytes(device)
-    metrics["device"] = str(device)
-    metrics["total_time_s"] = time.perf_counter() - started
+    metrics["peak_mem_bytes"] = _peak_memory_bytes(run.device)
+    metrics["device"] = str(run.device)
+    metrics["total_time_s"] = time.perf_counter() - run.started
     metrics.update(distributed.summary())
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return metrics
-
-    deployed = _deploy(args, model, tokenizer, metrics) if fmap is not None else []
-    with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
+    deployed = _deploy(args, run.model, run.tokenizer, metrics) if fmap is not None else []
+    with open(os.path.join(run.out_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
     if fmap is not None:
-        with open(os.path.join(out_dir, "format_map.json"), "w") as f:
-            json.dump(fmap, f, indent=1)
-        target = f" at {args.dmx_target_bits:g} bits" if args.dmx_target_bits else ""
-        plot_bits(
-            fmap,
-            os.path.join(out_dir, "bits_per_layer.png"),
-            f"{args.model}: {metrics['method']}{target} ({args.dmx_average})")
-        print(format_table(fmap))
-    results = args.dmx_results or os.path.join(out_dir, "results.jsonl")
+        _write_format_map(run, fmap)
+    results = args.dmx_results or os.path.join(run.out_dir, "results.jsonl")
     append_result(results, metrics, args)
     print(_summary(metrics))
-    logger.info(f"{_written_summary(out_dir, deployed)}; appended to {results}")
+    logger.info(f"{_written_summary(run.out_dir, deployed)}; appended to {results}")
     return metrics
+
+
+def _write_format_map(run: Run, fmap: Dict) -> None:
+    """format_map.json, the bits-per-layer plot and the printed format table."""
+    args = run.args
+    with open(os.path.join(run.out_dir, "format_map.json"), "w") as f:
+        json.dump(fmap, f, indent=1)
+    target = f" at {args.dmx_target_bits:g} bits" if args.dmx_target_bits else ""
+    plot_bits(
+        fmap,
+        os.path.join(run.out_dir, "bits_per_layer.png"),
+        f"{args.model}: {run.metrics['method']}{target} ({args.dmx_average})")
+    print(format_table(fmap))
 
 
 def _written_summary(out_dir: str, deployed: List[str]) -> str:
