@@ -7,10 +7,10 @@ accelerate config): the per-rank losses are means over equal shares of the globa
 gradient all-reduce averages them, and the penalty, a function of the offsets only, is the same
 on every rank, so every rank takes the same optimizer step as a single process with the global
 batch. This module adds what the Trainer does not: the process group before training (for the
-sharded evaluation), the rank's device, and the collectives that the
-sharded evaluation (``brevitas_dmx.evaluate.window_nll``) and the check that the offsets ended
-identical on every rank (``brevitas_dmx.solver.trainer.sync_offsets``) are made of. It knows
-nothing of models or quantizers.
+sharded evaluation), the rank's device, and the collectives that the sharded evaluation
+(``brevitas_dmx.evaluate.window_nll``) and the check that the offsets ended identical on every
+rank (``brevitas_dmx.solver.trainer.sync_offsets``) are made of. It knows nothing of models or
+quantizers.
 
 Everything here is a no-op in a single process.
 """
