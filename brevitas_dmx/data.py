@@ -128,6 +128,8 @@ def _windows(tokens: torch.Tensor, seqlen: int, bos: Optional[int]) -> torch.Ten
     """All consecutive non-overlapping windows of ``seqlen`` tokens, [n, seqlen], each begun by
     ``bos`` (then holding ``seqlen - 1`` text tokens) unless it is None."""
     width = seqlen - (bos is not None)
+    if width < 1:
+        raise DataError(f"--seqlen {seqlen} leaves no room for text after the tokenizer's BOS")
     count = len(tokens) // width
     windows = tokens[:count * width].view(count, width)
     if bos is None:

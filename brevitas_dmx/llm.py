@@ -20,13 +20,13 @@ import resource
 import shlex
 import signal
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
 from brevitas.graph.quantize import layerwise_quantize
 from brevitas_examples.common.parse_utils import override_defaults
 from brevitas_examples.common.parse_utils import parse_args
-from brevitas_examples.llm.main import quantize_llm
 from datasets import load_dataset
 import torch
 from torch import nn
@@ -54,10 +54,10 @@ from brevitas_dmx.evaluate import task_manager
 from brevitas_dmx.evaluate import window_nll
 from brevitas_dmx.evaluate import windows_fingerprint
 from brevitas_dmx.evaluate import zero_shot
-from brevitas_dmx.export import export_causal_lm_qonnx
 from brevitas_dmx.export import export_quark
 from brevitas_dmx.export import pack_weights
 from brevitas_dmx.export import save_pretrained
+from brevitas_dmx.export.quark import check_fused_layers
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
@@ -276,6 +276,22 @@ def _check_run(args) -> None:
     resolve_model_path(args.model)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A stream handler on whatever ``sys.stdout`` is when a record is written (a test or a
+    notebook may have replaced it since the handler was made)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 class _ConsoleFormatter(logging.Formatter):
     """``[dMX] message``, or ``[pareto] message`` for the sweep's own messages."""
 
@@ -291,7 +307,7 @@ def log_to_console() -> None:
     package = logging.getLogger("brevitas_dmx")
     package.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)
     if not any(isinstance(h.formatter, _ConsoleFormatter) for h in package.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(_ConsoleFormatter())
         package.addHandler(handler)
         package.propagate = False
@@ -453,9 +469,19 @@ def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
         weights = {element_format(args.dmx_format).name}
         inputs = set(weights)
     elif method == "map":
-        entries = check_format_map(file_map).values()
-        weights = {e["weight"] for e in entries if "weight" in e}
-        inputs = {e["input"] for e in entries if "input" in e}
+        parsed = check_format_map(file_map)
+        weights = {e["weight"] for e in parsed.values() if "weight" in e}
+        inputs = {e["input"] for e in parsed.values() if "input" in e}
+        try:  # a map that splits q/k/v or gate/up, before the run rather than after it
+            check_fused_layers(
+                {
+                    n: {
+                        "weight": e.get("weight"), "input": e.get("input")
+                    } for n, e in parsed.items()
+                })
+        except ValueError as err:
+            raise UsageError(
+                f"{flag} with --dmx-format-map {args.dmx_format_map!r}: {err}") from None
     else:
         weights = {f.name for f in LADDERS[args.dmx_ladder].formats}
         inputs = set(weights)
@@ -810,6 +836,7 @@ def _deploy(args, model, tokenizer, metrics) -> List[str]:
         metrics["packed_weight_bytes"] = packed["payload_bytes"]
         written.append(args.dmx_save_pretrained)
     if args.dmx_export_qonnx:
+        from brevitas_dmx.export import export_causal_lm_qonnx  # the export extra (onnx)
         export_causal_lm_qonnx(model, args.dmx_export_qonnx, seqlen=args.seqlen)
         written.append(args.dmx_export_qonnx)
     if args.dmx_export_quark:
@@ -845,13 +872,15 @@ def _finish(run: Run, report: Optional[Dict[str, float]]) -> Dict:
     metrics.update(distributed.summary())
     if not distributed.is_main():  # every rank holds the same result; rank 0 writes it
         return metrics
-    deployed = _deploy(args, run.model, run.tokenizer, metrics) if fmap is not None else []
-    with open(os.path.join(run.out_dir, METRICS_FILE), "w") as f:
-        json.dump(metrics, f, indent=1)
-    if fmap is not None:
-        _write_format_map(run, fmap)
     results = args.dmx_results or os.path.join(run.out_dir, "results.jsonl")
-    append_result(results, metrics, args)
+    try:
+        deployed = _deploy(args, run.model, run.tokenizer, metrics) if fmap is not None else []
+    finally:  # the evaluated run is kept even where a deployment is refused
+        with open(os.path.join(run.out_dir, METRICS_FILE), "w") as f:
+            json.dump(metrics, f, indent=1)
+        if fmap is not None:
+            _write_format_map(run, fmap)
+        append_result(results, metrics, args)
     print(_summary(metrics))
     logger.info(f"{_written_summary(run.out_dir, deployed)}; appended to {results}")
     return metrics
@@ -952,17 +981,18 @@ def _summary(metrics: Dict) -> str:
 
 def interruption_note(argv: List[str], args) -> str:
     """The one line an interrupted run ends with: where its last checkpoint is and the command
-    that resumes it (the same command, with ``--dmx-resume`` on its output folder)."""
+    that resumes it (the same command, with ``--dmx-resume`` on its output folder), or the
+    command to run again where there is nothing to resume."""
+    again = f"run again: {shlex.join([PROG] + argv)}"
+    if args.dmx_retarget_from is not None:  # re-projects learned offsets: nothing trains
+        return f"{PROG}: interrupted; {again}"
     out_dir = args.dmx_resume or args.dmx_output
     checkpoints = os.path.join(out_dir, CHECKPOINTS_DIR)
     last = get_last_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
-    resume = argv if args.dmx_resume else argv + ["--dmx-resume", out_dir]
-    command = shlex.join([PROG] + resume)
     if last is None:
-        return (
-            f"{PROG}: interrupted before the first checkpoint of {checkpoints}; nothing to resume, "
-            f"run again: {command}")
-    return f"{PROG}: interrupted; last checkpoint {last}; resume with: {command}"
+        return f"{PROG}: interrupted before the first checkpoint in {checkpoints}; {again}"
+    resume = shlex.join([PROG] + (argv if args.dmx_resume else argv + ["--dmx-resume", out_dir]))
+    return f"{PROG}: interrupted; last checkpoint {last}; resume with: {resume}"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -971,6 +1001,12 @@ class _Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum, frame):
     raise _Terminated()
+
+
+def _restore_sigterm(installed: bool, previous) -> None:
+    """The SIGTERM handler found before the run (the default where it was set outside Python)."""
+    if installed:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -982,6 +1018,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args, extra_args = parse_args(parser, argv, override_defaults=overrides)
         validate(parser, args, defaults)
         if not args.dmx:
+            # Brevitas's pipeline imports its ONNX export, an optional extra of a dMX run.
+            from brevitas_examples.llm.main import quantize_llm
             quantize_llm(args, extra_args)
             return 0
         if extra_args:
@@ -990,7 +1028,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     log_to_console()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Only the main thread may set a handler (a sweep may call this from another thread).
+    catch_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if catch_term else None
     interrupted = None
     try:
         run_dmx(args)
@@ -998,10 +1038,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:
+        _restore_sigterm(catch_term, previous)  # a second SIGTERM now ends the process
         terminated = isinstance(interruption, _Terminated)
         interrupted = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_sigterm(catch_term, previous)
     if interrupted is None:
         return 0
     # The abandoned run's progress bars close (and draw themselves once more) when it is

@@ -29,7 +29,8 @@ from brevitas_dmx.evaluate import paired_ratio
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
 
-logger = logging.getLogger(__name__)
+# By name: run as ``python -m brevitas_dmx.pareto`` this module is __main__.
+logger = logging.getLogger("brevitas_dmx.pareto")
 
 METHODS = ("float", "uniform", "mlp8", "kl", "fisher", "dmx")
 RESULTS_FILE = "results.jsonl"

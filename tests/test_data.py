@@ -101,3 +101,9 @@ def test_float_perplexity_scores_windows_that_begin_with_bos(bos_folder, tmp_pat
         nll += torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum").item()
         scored += width
     assert float_ppl == pytest.approx(math.exp(nll / scored), rel=1e-5)
+
+
+def test_seqlen_without_room_after_bos_is_refused(bos_folder):
+    from brevitas_dmx.data import DataError
+    with pytest.raises(DataError, match="--seqlen 1 leaves no room"):
+        evaluation_windows(load_tokenizer(bos_folder), local_text(5), 1, limit=None)

@@ -18,21 +18,17 @@ LAYERS = {
     "profiling": 0,
     "distributed": 0,
     "data": 1,
-    "models": 1,
-    # the math
+    "models": 1,  # the math
     "functional": 1,
-    "core": 2,
-    # Brevitas glue: proxies, injectors, layers
+    "core": 2,  # Brevitas glue: proxies, injectors, layers
     "proxy": 3,
     "quant": 4,
-    "nn": 5,
-    # the model-level helpers, then what works on whole models
+    "nn": 5,  # the model-level helpers, then what works on whole models
     "model": 6,
     "solver": 7,
     "baselines": 7,
     "evaluate": 7,
-    "export": 8,
-    # the command line and the Brevitas registries
+    "export": 8,  # the command line and the Brevitas registries
     "llm_args": 9,
     "brevitas_plugin": 10,
     "llm": 10,
@@ -102,3 +98,10 @@ def test_command_line_module_imports_without_torch():
     code = "import sys, brevitas_dmx.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dmx_run_module_imports_without_onnx():
+    """ONNX (the export extra) is imported only by the QONNX export and stock Brevitas's path."""
+    code = "import sys, brevitas_dmx.llm; print('onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -314,3 +314,12 @@ def test_busy_machine_note_is_silent_when_threads_are_set_or_cores_idle():
     assert llm.busy_machine_note(2.1, 2, 2, {"OMP_NUM_THREADS": "1"}) is None
     assert llm.busy_machine_note(0.3, 2, 2, {}) is None
     assert llm.busy_machine_note(2.1, 2, 1, {}) is None
+
+
+def test_interrupted_retarget_run_is_run_again_not_resumed(tmp_path):
+    import argparse
+    args = argparse.Namespace(
+        dmx_retarget_from=str(tmp_path / "source"), dmx_resume=None, dmx_output=str(tmp_path))
+    note = llm.interruption_note(["--dmx", "--dmx-retarget-from", "src"], args)
+    assert note.endswith("run again: brevitas_dmx_llm --dmx --dmx-retarget-from src")
+    assert "--dmx-resume" not in note

@@ -188,6 +188,12 @@ def export_quark(model: nn.Module, directory: str, tokenizer=None) -> str:
             f"evaluated. Quantize with --dmx-scale-rule even (dmx_scale_rule='even')")
     fmap = format_map(model)
     check_fused_layers(fmap)
+    if getattr(config, "tie_word_embeddings", False) and any(
+            name.rpartition(".")[2] == "lm_head" for name in fmap):
+        raise ValueError(
+            "the LM head is quantized but shares its weight with the embedding "
+            "(tie_word_embeddings): a runtime keeps one float tensor for both, so the quantized "
+            "head would not be served. Leave the LM head in float (drop --quantize-last-layer)")
     modules = dict(model.named_modules())
     excluded = [
         name for name, module in modules.items()

@@ -268,7 +268,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 self._weight_reuse = None
         self.offsets_rank_spread = sync_offsets(self.model)
         if self.offsets_rank_spread > 0:
-            logger.info(
+            logger.warning(
                 f"offsets differed across ranks by up to {self.offsets_rank_spread:.3g}; "
                 f"rank 0's were broadcast")
         dump_rank_offsets(self.model)
