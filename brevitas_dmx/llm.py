@@ -58,12 +58,15 @@ from brevitas_dmx.export import export_quark
 from brevitas_dmx.export import pack_weights
 from brevitas_dmx.export import save_pretrained
 from brevitas_dmx.export.quark import check_fused_layers
+from brevitas_dmx.export.quark import QUARK_INPUT_FORMATS
+from brevitas_dmx.export.quark import QUARK_WEIGHT_FORMATS
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.llm_args import build_parser
 from brevitas_dmx.llm_args import check_ranges
+from brevitas_dmx.llm_args import flag_name
 from brevitas_dmx.llm_args import PROG
 from brevitas_dmx.model import check_format_map
 from brevitas_dmx.model import set_rounding
@@ -119,10 +122,6 @@ def _dmx_dests(parser) -> List[str]:
     return [a.dest for a in parser._actions if a.dest.startswith("dmx")]
 
 
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 def validate(parser, args, defaults: Optional[Dict] = None) -> None:
     """Every check that needs no model or data: runs before anything heavy is loaded.
 
@@ -144,7 +143,7 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
     if not args.dmx:
         if dmx_set:
             raise UsageError(
-                f"{', '.join(map(_flag, dmx_set))} need --dmx (add --dmx to learn formats)")
+                f"{', '.join(map(flag_name, dmx_set))} need --dmx (add --dmx to learn formats)")
         if args.dataset not in HUB_DATASETS:
             raise UsageError(f"--dataset {args.dataset!r}: local data sets need --dmx")
         return False
@@ -156,7 +155,7 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
     ]
     if foreign:
         raise UsageError(
-            f"{', '.join(map(_flag, foreign))} cannot be combined with --dmx in this command's "
+            f"{', '.join(map(flag_name, foreign))} cannot be combined with --dmx in this command's "
             f"own pipeline. Drop them, or run dMX through stock brevitas_ptq_llm, which composes "
             f"with rotations, GPTQ and evaluation: --custom-quantizer "
             f"examples/brevitas_dmx_plugin.py:dmx --fine-tune --custom-trainer "
@@ -261,7 +260,7 @@ def _check_run(args) -> None:
         raise UsageError(str(err)) from None
     for dest in ("nsamples", "seqlen"):
         if not getattr(args, dest) > 0:
-            raise UsageError(f"{_flag(dest)} must be positive, got {getattr(args, dest)}")
+            raise UsageError(f"{flag_name(dest)} must be positive, got {getattr(args, dest)}")
     if args.dmx_batch_size % distributed.world_size():
         raise UsageError(
             f"--dmx-batch-size {args.dmx_batch_size} is the global batch: it must be a multiple "
@@ -438,12 +437,6 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
     return nll
 
 
-# What a Quark checkpoint serves exactly (brevitas_dmx.export.quark): MXFP4 and both MXFP6 as
-# weights and inputs, MXFP8 E4M3 as weights only.
-_QUARK_INPUT_FORMATS = frozenset(("e2m1", "e2m3", "e3m2"))
-_QUARK_WEIGHT_FORMATS = _QUARK_INPUT_FORMATS | {"e4m3"}
-
-
 def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
     """What ``--dmx-export-quark`` would refuse at the end of the run, refused before the model
     loads: a scale rule other than even, fused layers free to split, formats without an exact
@@ -487,8 +480,8 @@ def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
         inputs = set(weights)
     if args.dmx_weights_only:
         inputs = set()
-    bad = sorted(weights - _QUARK_WEIGHT_FORMATS) + [
-        f"{name} inputs" for name in sorted(inputs - _QUARK_INPUT_FORMATS)
+    bad = sorted(weights - QUARK_WEIGHT_FORMATS) + [
+        f"{name} inputs" for name in sorted(inputs - QUARK_INPUT_FORMATS)
     ]
     if bad:
         raise UsageError(

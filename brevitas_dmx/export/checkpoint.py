@@ -32,7 +32,8 @@ PACKED = "packed_weights.safetensors"
 _QUANT_MODULE_NAMES = ("weight_quant", "input_quant", "output_quant", "bias_quant", "act_quant")
 
 
-def _mx_layers(model: nn.Module):
+def mx_layer_quantizers(model: nn.Module):
+    """The fixed or learnable MX quantizers of each quantized layer, by layer name."""
     from brevitas_dmx.model import mx_quantizers
     layers = {}
     for name, quant in mx_quantizers(model):
@@ -40,7 +41,7 @@ def _mx_layers(model: nn.Module):
     return layers
 
 
-def _float_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+def float_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The float model's tensors: everything outside the quantizer submodules."""
     return {
         key: value.detach().contiguous().cpu()
@@ -49,7 +50,7 @@ def _float_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     }
 
 
-def _untied(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def untied(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``tensors`` with each tied tensor (e.g. embeddings and LM head) kept once, under its first
     name, as safetensors requires."""
     seen = {}
@@ -74,14 +75,14 @@ def save_pretrained(model: nn.Module, directory: str) -> str:
         raise TypeError(
             f"save_pretrained needs a Hugging Face model (with .config); got {type(model).__name__}"
         )
-    layers = _mx_layers(model)
+    layers = mx_layer_quantizers(model)
     if not layers:
         raise ValueError("The model has no MX-quantized layers to save.")
     fmap = format_map(model)
     scale_rule = scale_rule_of(next(iter(layers.values()))[0])
     os.makedirs(directory, exist_ok=True)
     config.save_pretrained(directory)
-    tensors = _untied(_float_state_dict(model))
+    tensors = untied(float_state_dict(model))
     save_file(tensors, os.path.join(directory, WEIGHTS), metadata={"format": "pt"})
     settings = {
         "format_map": fmap,
@@ -256,7 +257,7 @@ def pack_weights(model: nn.Module, path: str) -> Dict[str, int]:
     """Writes every MX weight as element codes plus E8M0 block scales; returns the payload
     bytes (``{"payload_bytes", "file_bytes", "elements"}``)."""
     from safetensors.numpy import save_file
-    layers = _mx_layers(model)
+    layers = mx_layer_quantizers(model)
     modules = dict(model.named_modules())
     tensors, meta, payload, elements = {}, {}, 0, 0
     for name, quants in layers.items():
@@ -306,7 +307,7 @@ def _decode(codes: np.ndarray, fmt) -> np.ndarray:
 def packed_size_bits(model: nn.Module) -> int:
     """The bits the packed weights take: elements x (element bits + 8/32), exactly."""
     total = 0
-    for name, quants in _mx_layers(model).items():
+    for name, quants in mx_layer_quantizers(model).items():
         for quant in quants:
             if quant.role == "weight":
                 numel = int(quant.size())

@@ -35,20 +35,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from brevitas_dmx.export.checkpoint import _float_state_dict
-from brevitas_dmx.export.checkpoint import _mx_layers
-from brevitas_dmx.export.checkpoint import _untied
+from brevitas_dmx.config import TIE_PRESETS
+from brevitas_dmx.export.checkpoint import float_state_dict
+from brevitas_dmx.export.checkpoint import mx_layer_quantizers
 from brevitas_dmx.export.checkpoint import pack_codes
+from brevitas_dmx.export.checkpoint import untied
 from brevitas_dmx.export.checkpoint import weight_codes
 
-__all__ = ["check_fused_layers", "export_quark", "FUSED_LAYERS", "quark_quantization_config"]
+__all__ = [
+    "check_fused_layers",
+    "export_quark",
+    "FUSED_LAYERS",
+    "QUARK_INPUT_FORMATS",
+    "QUARK_WEIGHT_FORMATS",
+    "quark_quantization_config"
+]
 
 WEIGHTS = "model.safetensors"
 BLOCK_SIZE = 32
 # The leaf names whose layers (under one parent) a runtime fuses into one matrix.
-FUSED_LAYERS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+FUSED_LAYERS = TIE_PRESETS["qkv-gateup"]
 # Quark's dtype names of the MX element formats it serves per group.
 _GROUP_DTYPES = {"e2m1": "fp4", "e2m3": "fp6_e2m3", "e3m2": "fp6_e3m2"}
+# What a Quark checkpoint holds exactly: MXFP4 and both MXFP6 as weights and (dynamic) inputs,
+# MXFP8 E4M3 as weights only (Quark 0.13 has no dynamic MXFP8 input quantizer).
+QUARK_INPUT_FORMATS = frozenset(_GROUP_DTYPES)
+QUARK_WEIGHT_FORMATS = QUARK_INPUT_FORMATS | {"e4m3"}
 
 
 def _tensor_spec(fmt: str, role: str, layer: str) -> Dict:
@@ -177,7 +189,7 @@ def export_quark(model: nn.Module, directory: str, tokenizer=None) -> str:
     if config is None or not hasattr(config, "save_pretrained"):
         raise TypeError(
             f"export_quark needs a Hugging Face model (with .config); got {type(model).__name__}")
-    layers = _mx_layers(model)
+    layers = mx_layer_quantizers(model)
     if not layers:
         raise ValueError("The model has no MX-quantized layers to export.")
     rules = sorted({scale_rule_of(q) for quants in layers.values() for q in quants})
@@ -206,7 +218,7 @@ def export_quark(model: nn.Module, directory: str, tokenizer=None) -> str:
             f"{len(mxfp8)} layers (e.g. {mxfp8[0]}) have MXFP8 weights, written in Quark's "
             f"per_block spelling: exact in transformers with amd-quark, not verified in vLLM "
             f"(docs/export.md)")
-    tensors = _untied(_float_state_dict(model))
+    tensors = untied(float_state_dict(model))
     for name, quants in layers.items():
         weight_quant = next(q for q in quants if q.role == "weight")
         tensors.update(_quantized_tensors(name, weight_quant, modules[name]))
