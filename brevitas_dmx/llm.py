@@ -373,7 +373,11 @@ def _sensitivity(args, model, calib, method: str):
             "formats": [f.name for f in ladder.formats],
             "weights_only": args.dmx_weights_only,
             "scale_rule": args.dmx_scale_rule,
-            "quantize_last_layer": args.quantize_last_layer
+            "quantize_last_layer": args.quantize_last_layer,
+            # the token ids scored (a tokenizer's BOS, a changed text or split change them)
+            "calibration":
+                windows_fingerprint(
+                    torch.stack([s["input_ids"] for s in calib[:args.dmx_sensitivity_samples]]))
         },
         sort_keys=True)
     cached = _read_cache(args.dmx_sensitivity_cache, key)
