@@ -122,15 +122,16 @@ def _dmx_dests(parser) -> List[str]:
     return [a.dest for a in parser._actions if a.dest.startswith("dmx")]
 
 
-def validate(parser, args, defaults: Optional[Dict] = None) -> None:
+def validate(parser, args, defaults: Optional[Dict] = None, pending=()) -> None:
     """Every check that needs no model or data: runs before anything heavy is loaded.
 
     ``defaults`` are the parser's defaults before a YAML ``--config`` changed them, so flags set
-    in a config count as set."""
+    in a config count as set. ``pending``: run folders that a sweep fills before this run, which
+    ``--dmx-retarget-from`` may name before they hold offsets."""
     defaults = defaults or {a.dest: a.default for a in parser._actions}
     if not _check_mode(parser, args, defaults):
         return
-    method, file_map = _check_method(args)
+    method, file_map = _check_method(args, pending)
     _check_evaluation(args)
     _check_deployment(args, method, file_map)
     _check_run(args)
@@ -163,7 +164,7 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
     return True
 
 
-def _check_method(args) -> Tuple[str, Optional[Dict]]:
+def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     """The method's own flags: its format or format map, the offsets it re-targets, its budget.
     Returns the method ("map" for a format map) and the format map, read and checked."""
     ladder = LADDERS[args.dmx_ladder]
@@ -187,7 +188,7 @@ def _check_method(args) -> Tuple[str, Optional[Dict]]:
     elif args.dmx_format is not None:
         raise UsageError("--dmx-format is the format of --dmx-method uniform only")
     if args.dmx_retarget_from is not None:
-        _check_retarget(args, method)
+        _check_retarget(args, method, pending)
     if method in SEARCHING_METHODS and args.dmx_target_bits is None:
         raise UsageError(
             f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
@@ -206,13 +207,13 @@ def _check_method(args) -> Tuple[str, Optional[Dict]]:
     return method, file_map
 
 
-def _check_retarget(args, method: str) -> None:
+def _check_retarget(args, method: str, pending=()) -> None:
     if method != "dmx":
         raise UsageError("--dmx-retarget-from reuses learned offsets: it needs --dmx-method dmx")
     if args.dmx_resume:
         raise UsageError("--dmx-retarget-from does not train: drop --dmx-resume")
     offsets = os.path.join(args.dmx_retarget_from, OFFSETS_FILE)
-    if not os.path.isfile(offsets):
+    if os.path.abspath(args.dmx_retarget_from) not in pending and not os.path.isfile(offsets):
         raise UsageError(
             f"--dmx-retarget-from {args.dmx_retarget_from!r}: no {os.path.basename(offsets)} "
             f"there (the folder of a finished dMX run, its --dmx-output)")
@@ -1006,13 +1007,19 @@ def _restore_sigterm(installed: bool, previous) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse(argv: List[str]):
+    """(parser, arguments, unknown arguments, the parser's defaults before a YAML ``--config``)
+    of a ``brevitas_dmx_llm`` command line, as Brevitas parses it."""
     parser = build_parser()
     defaults = {a.dest: a.default for a in parser._actions}
+    args, extra_args = parse_args(parser, argv, override_defaults=override_defaults(argv))
+    return parser, args, extra_args, defaults
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        overrides = override_defaults(argv)
-        args, extra_args = parse_args(parser, argv, override_defaults=overrides)
+        parser, args, extra_args, defaults = parse(argv)
         validate(parser, args, defaults)
         if not args.dmx:
             # Brevitas's pipeline imports its ONNX export, an optional extra of a dMX run.
@@ -1022,8 +1029,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if extra_args:
             raise UsageError(f"unrecognized arguments: {' '.join(extra_args)}")
     except (UsageError, DataError, ModelError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    return run(argv, args)
+
+
+def run(argv: List[str], args) -> int:
+    """A checked dMX command line's run (``run_dmx``) as a command: errors as one line, an
+    interruption as the line that resumes it (``argv``, the command line, is what it repeats).
+    Returns the exit code."""
     log_to_console()
     # Only the main thread may set a handler (a sweep may call this from another thread).
     catch_term = threading.current_thread() is threading.main_thread()
@@ -1032,7 +1046,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         run_dmx(args)
     except (UsageError, DataError, ModelError, NonFiniteLossError, FileNotFoundError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interruption:
         _restore_sigterm(catch_term, previous)  # a second SIGTERM now ends the process

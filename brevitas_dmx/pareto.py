@@ -156,6 +156,15 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
     return runs
 
 
+def _point_outputs(points) -> List[Tuple[str, str]]:
+    """(label, output folder) of each planned point."""
+    outputs = []
+    for label, argv in points:
+        flag = "--dmx-resume" if "--dmx-resume" in argv else "--dmx-output"
+        outputs.append((label, argv[argv.index(flag) + 1]))
+    return outputs
+
+
 def read_results(path: str) -> List[Dict]:
     if not os.path.isfile(path):
         return []
@@ -370,25 +379,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(f"--uniform-formats: {err}")
         os.makedirs(args.output, exist_ok=True)
         points = plan_points(args, llm_argv)
-        # Check every point's command line before the first one runs.
-        llm_parser = llm.build_parser()
+        # Every point's command line is parsed and checked before the first one runs; the
+        # folders of the points that run first may be named by re-targeting ones.
+        sources = {os.path.abspath(p) for _, p in _point_outputs(points)}
+        parsed = {}
         for label, point_argv in points:
             try:
-                if "--dmx-retarget-from" in point_argv:  # its source point runs first
-                    at = point_argv.index("--dmx-retarget-from")
-                    point_argv = point_argv[:at] + point_argv[at + 2:]
-                parsed, extra = llm_parser.parse_known_args(point_argv)
+                llm_parser, point_args, extra, defaults = llm.parse(point_argv)
                 if extra:
                     raise llm.UsageError(f"unrecognized arguments: {' '.join(extra)}")
-                llm.validate(llm_parser, parsed)
-            except llm.UsageError as err:
+                llm.validate(llm_parser, point_args, defaults, pending=sources)
+            except ValueError as err:  # UsageError, DataError, ModelError: a message each
                 parser.error(f"point {label}: {err}")
+            parsed[label] = point_args
         done = {r.get("label") for r in read_results(os.path.join(args.output, RESULTS_FILE))}
         todo = [(label, point_argv) for label, point_argv in points if label not in done]
         logger.info(f"{len(points)} points, {len(points) - len(todo)} already done")
         for index, (label, point_argv) in enumerate(todo):
             logger.info(f"point {index + 1}/{len(todo)}: {label}")
-            code = llm.main(point_argv)
+            code = llm.run(point_argv, parsed[label])
             if code != 0:
                 print(f"brevitas_dmx_pareto: point {label} failed (exit {code})", file=sys.stderr)
                 return code

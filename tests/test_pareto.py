@@ -76,10 +76,10 @@ def test_points_meet_their_budget_in_the_headline_average(finished_sweep):
 
 def test_finished_sweep_is_not_recomputed(finished_sweep, tiny_folder, text_file, monkeypatch):
 
-    def refuse(argv):
+    def refuse(argv, args):
         raise AssertionError(f"recomputed a finished point: {argv}")
 
-    monkeypatch.setattr(llm, "main", refuse)
+    monkeypatch.setattr(llm, "run", refuse)
     assert pareto.main(sweep_argv(tiny_folder, text_file, finished_sweep)) == 0
     assert len(labels(finished_sweep)) == 5
 
@@ -89,13 +89,13 @@ def test_interrupted_sweep_runs_only_the_missing_points(
     lines = (finished_sweep / pareto.RESULTS_FILE).read_text().splitlines()
     (tmp_path / pareto.RESULTS_FILE).write_text("\n".join(lines[:3]) + "\n")
     ran = []
-    real_main = llm.main
+    real_run = llm.run
 
-    def counting(argv):
+    def counting(argv, args):
         ran.append(argv[argv.index("--dmx-label") + 1])
-        return real_main(argv)
+        return real_run(argv, args)
 
-    monkeypatch.setattr(llm, "main", counting)
+    monkeypatch.setattr(llm, "run", counting)
     assert pareto.main(sweep_argv(tiny_folder, text_file, tmp_path)) == 0
     assert ran == ["fisher-mxfp8-mxfp4-5", "fisher-mxfp8-mxfp4-6"]
     assert len(labels(tmp_path)) == 5
