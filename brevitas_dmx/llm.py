@@ -170,14 +170,13 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     ladder = LADDERS[args.dmx_ladder]
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
-    method = args.dmx_method
     file_map = None
     if args.dmx_format_map is not None:
-        if method != "dmx":
+        if args.dmx_method != "dmx":
             raise UsageError(
-                f"--dmx-format-map applies a map by itself: drop --dmx-method {method}")
+                f"--dmx-format-map applies a map by itself: drop --dmx-method {args.dmx_method}")
         file_map = read_format_map(args.dmx_format_map)  # its formats, before the model loads
-        method = "map"
+    method = _method(args)
     if method == "uniform":
         if args.dmx_format is None:
             raise UsageError("--dmx-method uniform needs --dmx-format (e.g. mxfp4, e2m3, mxfp8)")
