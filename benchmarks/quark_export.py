@@ -40,8 +40,7 @@ def mixed_map(layers: int = 30) -> dict:
 
 def folder_bytes(folder: str) -> int:
     return sum(
-        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder)
-        for f in files)
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files)
 
 
 def main():
@@ -58,10 +57,26 @@ def main():
         json.dump(mixed_map(), f)
     run_dir, quark_dir = os.path.join(args.out, "run"), os.path.join(args.out, "quark")
     argv = [
-        "--model", "smollm2-135m", "--dataset", args.text, "--seqlen", str(args.seqlen),
-        "--nsamples", "2", "--dmx", "--dmx-format-map", map_file, "--dmx-scale-rule", "even",
-        "--dmx-eval-windows", str(args.windows), "--dmx-output", run_dir, "--dmx-export-quark",
-        quark_dir]
+        "--model",
+        "smollm2-135m",
+        "--dataset",
+        args.text,
+        "--seqlen",
+        str(args.seqlen),
+        "--nsamples",
+        "2",
+        "--dmx",
+        "--dmx-format-map",
+        map_file,
+        "--dmx-scale-rule",
+        "even",
+        "--dmx-eval-windows",
+        str(args.windows),
+        "--dmx-output",
+        run_dir,
+        "--dmx-export-quark",
+        quark_dir
+    ]
     start = time.perf_counter()
     assert llm.main(argv) == 0
     tool_s = time.perf_counter() - start

@@ -57,6 +57,11 @@ class DMXStaircaseQuantizer(BaseQuantizer):
     weight_quant, linear_input_quant = LADDER_QUANTIZERS["mxfp8-mxfp6-mxfp4"]
 
 
+@QUANTIZERS_REGISTRY.register("dmx-chain")
+class DMXChainQuantizer(BaseQuantizer):
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS["e2m1,e2m3,e4m3"]
+
+
 def dmx_offset_parameters(model, training_args) -> List:
     """The parameter group Brevitas's optimizer builder trains: the dMX offsets."""
     return [offset.raw_offset for offset in dmx.dmx_offsets(model)]

@@ -18,6 +18,9 @@ SEARCHING_METHODS = ("dmx", "kl", "fisher")
 WEIGHTINGS = ("simple", "size", "memory")
 # How an offset becomes a format in training: the tempered sigmoid, or straight-through rounding.
 ROUNDINGS = ("anneal", "ste")
+# Where the offsets start: every layer on the ladder's lowest format, or on the formats the
+# Fisher baseline picks for the budget (a warm start).
+INITS = ("low", "fisher")
 # Optimizers of the offsets; SGD is the paper's.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 # Shared block-scale rules: OCP's floor; the smallest power of two that does not saturate; or

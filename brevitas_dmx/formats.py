@@ -3,7 +3,8 @@
 """The OCP MX element formats and the format ladders a learnable offset moves along."""
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from functools import cached_property
+from typing import Dict, Optional, Tuple
 
 E8M0_SCALE_BITS = 8
 
@@ -57,39 +58,77 @@ def format_from_bits(exponent_bits: float, mantissa_bits: float) -> ElementForma
         f"known formats: {', '.join(FORMATS)}.")
 
 
+def _segment_length(low: ElementFormat, high: ElementFormat) -> int:
+    """The offset length of the path from ``low`` to ``high``: the larger width change, so that a
+    width grows by at most one bit per unit of offset (E(2+b)M(1+b) from E2M1 to E4M3 is two)."""
+    return max(
+        abs(high.exponent_bits - low.exponent_bits), abs(high.mantissa_bits - low.mantissa_bits))
+
+
 @dataclass(frozen=True)
 class Ladder:
-    """A path through the MX formats: E(e0 + de*beta) M(m0 + dm*beta), beta in [0, span].
+    """A chain of MX formats, cheapest first, joined by a continuous path along one offset beta.
 
-    ``kind`` is how the raw offset becomes beta (section 3 of the method): ``"sigmoid"`` ends on
-    the two end formats, ``"staircase"`` on every integer beta.
+    Format ``i`` of the chain sits at ``beta = knots[i]``; between two consecutive formats the
+    exponent and mantissa widths move linearly (E2M1 -> E2M3 -> E4M3: the mantissa grows first,
+    then the exponent), so the path is exact at every format and differentiable in between. A
+    segment is as long as its larger width change (``_segment_length``), which makes the paper's
+    ladder E(2+b)M(1+b), b in [0, 2], the two-format chain E2M1, E4M3.
     """
     name: str
-    exponent_base: float
-    exponent_slope: float
-    mantissa_base: float
-    mantissa_slope: float
-    span: int
-    kind: str
+    formats: Tuple[ElementFormat, ...]
+
+    @cached_property
+    def knots(self) -> Tuple[int, ...]:
+        """The offset of each format of the chain (the discrete offsets a layer may end on)."""
+        knots = [0]
+        for low, high in zip(self.formats, self.formats[1:]):
+            knots.append(knots[-1] + _segment_length(low, high))
+        return tuple(knots)
+
+    @cached_property
+    def segments(self) -> Tuple[Tuple[int, int], ...]:
+        """(start, length) in offset of each path between two consecutive formats."""
+        knots = self.knots
+        return tuple((a, b - a) for a, b in zip(knots, knots[1:]))
+
+    @property
+    def span(self) -> int:
+        return self.knots[-1]
+
+    @property
+    def discrete_betas(self) -> Tuple[int, ...]:
+        return self.knots
+
+    @cached_property
+    def _slopes(self) -> Optional[Tuple[float, float]]:
+        """(exponent, mantissa) change per unit of offset if the chain is one straight line."""
+        slopes = {
+            ((h.exponent_bits - l.exponent_bits) / n, (h.mantissa_bits - l.mantissa_bits) / n)
+            for (l, h), (_, n) in zip(zip(self.formats, self.formats[1:]), self.segments)
+        }
+        return slopes.pop() if len(slopes) == 1 else None
 
     def widths(self, beta):
         """(exponent_bits, mantissa_bits) at offset ``beta`` (a float or a tensor)."""
-        return (
-            self.exponent_base + self.exponent_slope * beta,
-            self.mantissa_base + self.mantissa_slope * beta)
+        first = self.formats[0]
+        slopes = self._slopes
+        if slopes is not None:
+            return (first.exponent_bits + slopes[0] * beta, first.mantissa_bits + slopes[1] * beta)
+        e, m = first.exponent_bits, first.mantissa_bits
+        for (start, length), low, high in zip(self.segments, self.formats, self.formats[1:]):
+            # How far along this segment beta is, 0 to 1; exact at the knots.
+            if hasattr(beta, "clamp"):  # a tensor (this module imports no torch)
+                t = ((beta - start) / length).clamp(0, 1)
+            else:
+                t = min(max((beta - start) / length, 0.0), 1.0)
+            e = e + (high.exponent_bits - low.exponent_bits) * t
+            m = m + (high.mantissa_bits - low.mantissa_bits) * t
+        return e, m
 
     def bits(self, beta):
         e, m = self.widths(beta)
         return 1 + e + m
-
-    @property
-    def discrete_betas(self) -> Tuple[int, ...]:
-        return (0, self.span) if self.kind == "sigmoid" else tuple(range(self.span + 1))
-
-    @property
-    def formats(self) -> Tuple[ElementFormat, ...]:
-        """The hardware formats a layer on this ladder can end on, cheapest first."""
-        return tuple(format_from_bits(*self.widths(b)) for b in self.discrete_betas)
 
     @property
     def min_bits(self) -> int:
@@ -100,15 +139,43 @@ class Ladder:
         return self.formats[-1].bits
 
 
+def _chain(name: str, *formats: str) -> Ladder:
+    return Ladder(name, tuple(FORMATS[f] for f in formats))
+
+
+# The named ladders; any other chain is named by its formats, e.g. "e2m1,e2m3,e4m3".
 LADDERS: Dict[str, Ladder] = {
     l.name: l for l in (
-        Ladder("mxfp8-mxfp4", 2.0, 1.0, 1.0, 1.0, 2, "sigmoid"),
-        Ladder("mxfp6-mxfp4", 2.0, 0.0, 1.0, 1.0, 2, "sigmoid"),
-        Ladder("mxfp8-mxfp6-mxfp4", 2.0, 1.0, 1.0, 1.0, 2, "staircase"),)
+        _chain("mxfp8-mxfp4", "e2m1", "e4m3"),
+        _chain("mxfp6-mxfp4", "e2m1", "e2m3"),
+        _chain("mxfp8-mxfp6-mxfp4", "e2m1", "e3m2", "e4m3"),
+        _chain("e2m1,e2m3,e4m3", "e2m1", "e2m3", "e4m3"),)
 }
+# The ladder a run uses unless told otherwise (BENCHMARKS.md, 'Which ladder?').
+DEFAULT_LADDER = "e2m1,e2m3,e4m3"
 
 
 def ladder(name: str) -> Ladder:
-    if name not in LADDERS:
-        raise ValueError(f"Unknown dMX ladder {name!r}; choose one of: {', '.join(LADDERS)}.")
-    return LADDERS[name]
+    """The ladder named ``name``: one of ``LADDERS`` or a comma-separated chain of element formats
+    that grows in bits, lowest first ('e2m1,e2m3,e4m3'; 'mxfp4,e2m3,mxfp8'). A chain of the
+    same formats as a named ladder is that ladder. Raises a ValueError that says what to change."""
+    if isinstance(name, Ladder):
+        return name
+    key = str(name).strip().lower()
+    if key in LADDERS:
+        return LADDERS[key]
+    parts = [p.strip() for p in key.split(",")]
+    if len(parts) < 2:
+        raise ValueError(
+            f"Unknown ladder {name!r}: name one of {', '.join(LADDERS)}, or a chain of two or "
+            f"more MX element formats, lowest first, e.g. 'e2m1,e2m3,e4m3'")
+    formats = tuple(element_format(p) for p in parts)
+    for low, high in zip(formats, formats[1:]):
+        if high.bits <= low.bits:
+            raise ValueError(
+                f"Ladder {name!r} does not grow in bits: {high.name} ({high.bits} bits) follows "
+                f"{low.name} ({low.bits} bits); list the formats lowest first, one per width")
+    for known in LADDERS.values():
+        if known.formats == formats:
+            return known
+    return Ladder(",".join(f.name for f in formats), formats)

@@ -62,7 +62,7 @@ from brevitas_dmx.export.quark import QUARK_INPUT_FORMATS
 from brevitas_dmx.export.quark import QUARK_WEIGHT_FORMATS
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
-from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.llm_args import build_parser
 from brevitas_dmx.llm_args import check_ranges
@@ -75,7 +75,7 @@ from brevitas_dmx.models import load_tokenizer
 from brevitas_dmx.models import ModelError
 from brevitas_dmx.models import resolve_model_path
 from brevitas_dmx.nn import dmx_linear_map
-from brevitas_dmx.quant import LADDER_QUANTIZERS
+from brevitas_dmx.quant import ladder_quantizers
 from brevitas_dmx.solver import DMXTrainer
 from brevitas_dmx.solver import project_model
 from brevitas_dmx.solver import ScalingPenalty
@@ -83,6 +83,7 @@ from brevitas_dmx.solver import TargetAwarePenalty
 from brevitas_dmx.solver import training_arguments
 from brevitas_dmx.solver.projection import assign_projection
 from brevitas_dmx.solver.projection import budget_problem
+from brevitas_dmx.solver.projection import init_offsets
 from brevitas_dmx.solver.projection import project_scores
 from brevitas_dmx.solver.projection import Projection
 from brevitas_dmx.solver.projection import save_problem
@@ -167,7 +168,11 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
 def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     """The method's own flags: its format or format map, the offsets it re-targets, its budget.
     Returns the method ("map" for a format map) and the format map, read and checked."""
-    ladder = LADDERS[args.dmx_ladder]
+    try:
+        ladder = get_ladder(args.dmx_ladder)
+    except ValueError as err:
+        raise UsageError(f"--dmx-ladder: {err}") from None
+    args.dmx_ladder = ladder.name  # one name per chain in metrics, results and labels
     scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     low, high = ladder.min_bits + scale, ladder.max_bits + scale
     file_map = None
@@ -188,6 +193,10 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
         raise UsageError("--dmx-format is the format of --dmx-method uniform only")
     if args.dmx_retarget_from is not None:
         _check_retarget(args, method, pending)
+    if args.dmx_init != "low" and (method != "dmx" or args.dmx_retarget_from is not None):
+        raise UsageError(
+            f"--dmx-init {args.dmx_init} is where dMX training starts: it needs --dmx-method dmx "
+            f"and no --dmx-retarget-from or --dmx-format-map")
     if method in SEARCHING_METHODS and args.dmx_target_bits is None:
         raise UsageError(
             f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
@@ -341,7 +350,7 @@ def _texts(args):
 
 def _layer_map(args):
     """The ``layerwise_quantize`` map: the ladder's learnable quantizers on every Linear."""
-    weight, act = LADDER_QUANTIZERS[args.dmx_ladder]
+    weight, act = ladder_quantizers(args.dmx_ladder)
     weight = weight.let(dmx_scale_rule=args.dmx_scale_rule)
     act = None if args.dmx_weights_only else act.let(dmx_scale_rule=args.dmx_scale_rule)
     return dmx_linear_map(weight, act)
@@ -361,7 +370,7 @@ def _sensitivity(args, model, calib, method: str):
     """Layer scores of the kl / fisher baselines on the float model and the seconds computing
     them took, from the cache if it holds scores for the same model, data and settings (the
     time is then the original computation's, so every point reports the method's full cost)."""
-    ladder = LADDERS[args.dmx_ladder]
+    ladder = get_ladder(args.dmx_ladder)
     key = json.dumps(
         {
             "method": method,
@@ -480,7 +489,7 @@ def _check_quark_export(args, method: str, file_map: Optional[Dict]) -> None:
             raise UsageError(
                 f"{flag} with --dmx-format-map {args.dmx_format_map!r}: {err}") from None
     else:
-        weights = {f.name for f in LADDERS[args.dmx_ladder].formats}
+        weights = {f.name for f in get_ladder(args.dmx_ladder).formats}
         inputs = set(weights)
     if args.dmx_weights_only:
         inputs = set()
@@ -537,7 +546,7 @@ def _check_map_layers(args, model: nn.Module, mapping: Dict) -> None:
 def _preset_map(args, layer_names: List[str]) -> Dict:
     """The format map of the methods that do not search and take no file: uniform, mlp8."""
     method = _method(args)
-    ladder = LADDERS[args.dmx_ladder]
+    ladder = get_ladder(args.dmx_ladder)
     if method == "uniform":
         return {name: element_format(args.dmx_format).name for name in layer_names}
     return mlp_high_map(layer_names, ladder.formats[0].name, ladder.formats[-1].name)
@@ -615,6 +624,8 @@ def run_dmx(args) -> Dict:
     scores, search_time = None, 0.0
     if run.method in ("kl", "fisher"):  # scored on the float model, before it is quantized
         scores, search_time = _sensitivity(args, run.model, run.calib, run.method)
+    elif run.method == "dmx" and args.dmx_init == "fisher":  # the warm start's scores
+        scores, search_time = _sensitivity(args, run.model, run.calib, "fisher")
     layers = _quantize(run)
     if run.method == "dmx" and not args.dmx_skip_baselines:
         _uniform_baselines(run, layers)
@@ -704,9 +715,10 @@ def _quantize(run: Run) -> List[Tuple[str, nn.Module]]:
 
 
 def _uniform_baselines(run: Run, layers) -> None:
-    """The perplexities of the ladder's lowest and highest format on every layer."""
-    ladder = LADDERS[run.args.dmx_ladder]
-    for fmt in (ladder.formats[0], ladder.formats[-1]):
+    """The perplexity of each format of the ladder on every layer: the uniform points a mixed
+    one must beat (a middle format, such as MXFP6, can beat mixes of the ends)."""
+    ladder = get_ladder(run.args.dmx_ladder)
+    for fmt in ladder.formats:
         dmx.apply_format_map(run.model, {name: fmt.name for name, _ in layers})
         key = _uniform_key(fmt)
         run.metrics[key] = perplexity_of(
@@ -732,6 +744,10 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
         metrics["retargeted_steps"] = _source_train_steps(args.dmx_retarget_from)
         logger.info(f"offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
     else:
+        metrics["init"] = args.dmx_init
+        if scores is not None:  # --dmx-init fisher
+            init_offsets(run.model, _fisher_projection(run, scores))
+            logger.info("offsets start on the Fisher baseline's formats for the budget")
         train_start = time.perf_counter()
         metrics["parallelism"] = _train(args, run.model, run.calib, run.out_dir, _weighting(args))
         metrics["train_time_s"] = time.perf_counter() - train_start
@@ -744,15 +760,20 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
 
 def _search_sensitivity(run: Run, layers, scores) -> Projection:
     """kl (greedy, as the paper's baseline) and fisher (exact knapsack) over layer scores."""
+    projection = _fisher_projection(run, scores, "greedy" if run.method == "kl" else "knapsack")
+    assign_projection(run.model, projection)
+    return projection
+
+
+def _fisher_projection(run: Run, scores, solver: str = "knapsack") -> Projection:
+    """The formats that minimize the summed layer ``scores`` under the run's budget."""
     problem = budget_problem(run.model)
-    projection = project_scores(
+    return project_scores(
         problem,
         unit_scores(problem, scores),
         run.args.dmx_target_bits,
-        solver="greedy" if run.method == "kl" else "knapsack",
+        solver=solver,
         **_weighting(run.args))
-    assign_projection(run.model, projection)
-    return projection
 
 
 def _search_preset(run: Run, layers, scores) -> None:
@@ -858,7 +879,7 @@ def _finish(run: Run, report: Optional[Dict[str, float]]) -> Dict:
             " with scales" if args.dmx_budget_with_scales else " without scales")
         metrics["bits"] = report
         metrics["format_counts"] = dmx.format_counts(fmap)
-    ladder = LADDERS[args.dmx_ladder]
+    ladder = get_ladder(args.dmx_ladder)
     low_key, high_key = _uniform_key(ladder.formats[0]), _uniform_key(ladder.formats[-1])
     if low_key in metrics and metrics[low_key] != metrics[high_key]:
         metrics["gap_closed"] = (metrics[low_key]
@@ -923,7 +944,7 @@ def append_result(path: str, metrics: Dict, args) -> None:
             "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
             "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
             "search_time_s", "zero_shot_time_s", "total_time_s", "device", "retargeted_from",
-            "retargeted_steps", "eval_windows", "eval_fingerprint", "window_nll")
+            "retargeted_steps", "init", "eval_windows", "eval_fingerprint", "window_nll")
     }
     record.update(
         label=args.dmx_label,

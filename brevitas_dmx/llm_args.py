@@ -24,6 +24,7 @@ from brevitas_dmx.config import DEFAULT_TEMP_DELAY
 from brevitas_dmx.config import DEFAULT_TEMP_END
 from brevitas_dmx.config import DEFAULT_TEMP_START
 from brevitas_dmx.config import HUB_DATASETS
+from brevitas_dmx.config import INITS
 from brevitas_dmx.config import METHODS
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.config import REGULARIZERS
@@ -31,9 +32,10 @@ from brevitas_dmx.config import ROUNDINGS
 from brevitas_dmx.config import SCALE_RULES
 from brevitas_dmx.config import TIE_CHOICES
 from brevitas_dmx.config import WEIGHTINGS
+from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import LADDERS
 
-LADDER_NAMES = tuple(sorted(LADDERS))
+LADDER_NAMES = tuple(name for name in sorted(LADDERS) if "," not in name)
 
 PROG = "brevitas_dmx_llm"
 USAGE = f"""{PROG} --dmx --model MODEL --dataset DATA --dmx-target-bits BITS [dMX flags]
@@ -85,15 +87,20 @@ class BudgetArguments:
                 "(%(default)s)."
         })
     dmx_average: str = field(
-        default="simple",
+        default="memory",
         metadata={
             "help":
-                "Which average the budget binds: simple (paper), size, or memory (weights only).",
+                "Which average the budget binds: memory (bits per weight, what a file size "
+                "measures; default), size, or simple (the paper's mean over layers).",
             "choices": WEIGHTINGS
         })
     dmx_budget_with_scales: bool = field(
-        default=False,
-        metadata={"help": "The budget counts the 0.25 bit/element of the E8M0 block scales."})
+        default=True,
+        metadata={
+            "help":
+                "The budget counts the 0.25 bit/element of the E8M0 block scales (default; "
+                "--no-dmx-budget-with-scales counts elements only, as the paper and ModelOpt do)."
+        })
 
 
 @dataclass
@@ -135,6 +142,15 @@ class DMXArguments(BudgetArguments):
                 "beta (ablation).",
             "choices": ROUNDINGS
         })
+    dmx_init: str = field(
+        default="low",
+        metadata={
+            "help":
+                "Where the offsets start: low (every layer on the ladder's lowest format, the "
+                "paper's) or fisher (on the Fisher baseline's formats for the budget; its scores "
+                "use --dmx-sensitivity-samples and --dmx-sensitivity-cache).",
+            "choices": INITS
+        })
     dmx_sensitivity_samples: int = field(
         default=8,
         metadata={
@@ -156,10 +172,12 @@ class DMXArguments(BudgetArguments):
                 "model once)."
         })
     dmx_ladder: str = field(
-        default="mxfp8-mxfp4",
+        default=DEFAULT_LADDER,
         metadata={
-            "help": "The formats a layer can end in, low to high (%(default)s).",
-            "choices": LADDER_NAMES
+            "help":
+                "The formats a layer can end in, lowest first: a chain of MX element formats "
+                "that grows in bits (e.g. e2m1,e2m3,e4m3 or e2m1,e4m3) or a named ladder ("
+                + ", ".join(LADDER_NAMES) + "). Default: %(default)s."
         })
     dmx_regularizer: str = field(
         default="target",
@@ -279,7 +297,8 @@ class DMXArguments(BudgetArguments):
                 "and vLLM load; needs --dmx-scale-rule even."
         })
     dmx_skip_baselines: bool = field(
-        default=False, metadata={"help": "Skip the uniform low/high format perplexities."})
+        default=False,
+        metadata={"help": "Skip the uniform perplexity of each format of the ladder."})
 
 
 # The range of each numeric flag that has one (checked by ``check_ranges``).
@@ -319,13 +338,15 @@ def _argument_type(annotation):
 
 
 def add_arguments(group, arguments=DMXArguments) -> None:
-    """One flag per field of the ``arguments`` dataclass: booleans are switches."""
+    """One flag per field of the ``arguments`` dataclass: booleans are switches (those on by
+    default also get a ``--no-`` form)."""
     hints = get_type_hints(arguments)
     for spec in fields(arguments):
         kind = _argument_type(hints[spec.name])
         options = dict(default=spec.default, help=spec.metadata["help"])
         if kind is bool:
-            group.add_argument(flag_name(spec.name), action="store_true", **options)
+            action = argparse.BooleanOptionalAction if spec.default else "store_true"
+            group.add_argument(flag_name(spec.name), action=action, **options)
             continue
         if "choices" in spec.metadata:
             options["choices"] = spec.metadata["choices"]

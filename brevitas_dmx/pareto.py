@@ -26,8 +26,9 @@ from typing import Dict, List, Optional, Tuple
 
 from brevitas_dmx import llm
 from brevitas_dmx.evaluate import paired_ratio
+from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import element_format
-from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.formats import ladder as get_ladder
 
 # By name: run as ``python -m brevitas_dmx.pareto`` this module is __main__.
 logger = logging.getLogger("brevitas_dmx.pareto")
@@ -45,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "against average bits. Arguments after -- go to brevitas_dmx_llm.")
     parser.add_argument("--model", required=True, help="As brevitas_dmx_llm --model.")
     parser.add_argument("--dataset", required=True, help="As brevitas_dmx_llm --dataset.")
-    parser.add_argument("--ladder", choices=sorted(LADDERS), default="mxfp8-mxfp4")
+    parser.add_argument(
+        "--ladder",
+        default=DEFAULT_LADDER,
+        help="As brevitas_dmx_llm --dmx-ladder: a chain of formats, lowest first, or a named "
+        "ladder (default: %(default)s).")
     parser.add_argument(
         "--targets", type=float, nargs="+", default=[], help="Bit budgets (kl, fisher, dmx).")
     parser.add_argument(
@@ -82,10 +87,16 @@ def _target_label(target: float) -> str:
     return f"{target:g}"
 
 
+def ladder_tag(name: str) -> str:
+    """The ladder as it appears in point labels and folder names: 'e2m1-e2m3-e4m3'."""
+    return get_ladder(name).name.replace(",", "-")
+
+
 def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
     """(label, brevitas_dmx_llm arguments) of every point of the sweep, in run order."""
     common = ["--model", args.model, "--dataset", args.dataset, "--dmx"]
     ladder = ["--dmx-ladder", args.ladder]
+    tag = ladder_tag(args.ladder)
     points = []
     if "float" in args.methods:
         points.append(("float", common + ["--dmx-method", "float"]))
@@ -96,12 +107,12 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
             points.append(
                 (f"uniform-{name}", common + ["--dmx-method", "uniform", "--dmx-format", name]))
     if "mlp8" in args.methods:
-        points.append((f"mlp8-{args.ladder}", common + ladder + ["--dmx-method", "mlp8"]))
+        points.append((f"mlp8-{tag}", common + ladder + ["--dmx-method", "mlp8"]))
     for method in ("kl", "fisher", "dmx"):
         if method not in args.methods:
             continue
         for target in args.targets:
-            label = f"{method}-{args.ladder}-{_target_label(target)}"
+            label = f"{method}-{tag}-{_target_label(target)}"
             points.append(
                 (
                     label,
@@ -114,13 +125,12 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
                     ]))
     out = os.path.abspath(args.output)
     if args.retarget_from is not None and "dmx" in args.methods:
-        source = os.path.join(
-            out, "points", f"dmx-{args.ladder}-{_target_label(args.retarget_from)}")
+        source = os.path.join(out, "points", f"dmx-{tag}-{_target_label(args.retarget_from)}")
         for target in args.targets:
             if target == args.retarget_from:
                 continue
             label = (
-                f"retarget-{args.ladder}-{_target_label(target)}-from-"
+                f"retarget-{tag}-{_target_label(target)}-from-"
                 f"{_target_label(args.retarget_from)}")
             points.append(
                 (
@@ -186,6 +196,8 @@ def _series(record: Dict) -> str:
         steps = record.get("retargeted_steps")
         trained = f" from {steps} steps" if steps is not None else ""
         return f"dmx retargeted{trained} ({record['ladder']}){seed}"
+    if method == "dmx" and record.get("init", "low") != "low":  # warm starts apart
+        seed = f" from {record['init']}{seed}"
     if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
         return f"dmx {record['steps']} steps ({record['ladder']}){seed}"
     if method in ("kl", "fisher", "dmx"):
@@ -377,6 +389,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 element_format(fmt)
         except ValueError as err:
             parser.error(f"--uniform-formats: {err}")
+        try:
+            get_ladder(args.ladder)
+        except ValueError as err:
+            parser.error(f"--ladder: {err}")
         os.makedirs(args.output, exist_ok=True)
         points = plan_points(args, llm_argv)
         # Every point's command line is parsed and checked before the first one runs; the

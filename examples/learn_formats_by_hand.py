@@ -46,7 +46,8 @@ def main(steps: int = 200):
             (loss + reg).backward()
             optimizer.step()
             if step % 50 == 0 or step == steps - 1:
-                print(f"step {step:3d}  task loss {loss.item():.4f}  average bits {bits.item():.2f}")
+                print(
+                    f"step {step:3d}  task loss {loss.item():.4f}  average bits {bits.item():.2f}")
     project_model(model, 6.0)
     dmx.finalize(model)
     print(dmx.format_map(model))

@@ -98,7 +98,7 @@ def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(
     assert dmx.dmx_layers(model) == []  # finalized to fixed Brevitas MX quantizers
     fmap = dmx.format_map(model)
     assert len(fmap) == 14 and {e["weight"] for e in fmap.values()} <= {"e2m1", "e4m3"}
-    assert dmx.bits_report(model)["simple"] <= 6.0
+    assert dmx.bits_report(model)["memory_with_scales"] <= 6.0
 
 
 def test_stock_path_composes_with_rotation_gptq_and_evaluation(tmp_path, local_wikitext):
@@ -107,7 +107,7 @@ def test_stock_path_composes_with_rotation_gptq_and_evaluation(tmp_path, local_w
         target="5", steps="3")
     assert torch.isfinite(torch.tensor(results["quant_ppl"]))
     assert dmx.dmx_layers(model) == [] and len(dmx.format_map(model)) == 14
-    assert dmx.bits_report(model)["simple"] <= 5.0
+    assert dmx.bits_report(model)["memory_with_scales"] <= 5.0
 
 
 def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, watched_training):

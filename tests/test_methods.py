@@ -10,6 +10,10 @@ from conftest import write_tiny_task
 import pytest
 
 from brevitas_dmx import llm
+import brevitas_dmx as dmx
+from brevitas_dmx.formats import DEFAULT_LADDER
+from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.solver.projection import init_offsets
 
 SETTINGS = [
     "--seqlen",
@@ -90,7 +94,7 @@ def test_format_map_over_the_target_is_refused(tiny_folder, text_file, tmp_path,
     code = llm.main(
         argv + ["--dmx-method", "uniform", "--dmx-format", "e4m3", "--dmx-target-bits", "6"])
     assert code == 2
-    assert "needs 8 bits, over --dmx-target-bits 6" in capsys.readouterr().err
+    assert "needs 8.25 bits, over --dmx-target-bits 6" in capsys.readouterr().err
 
 
 def test_runs_append_to_one_results_file(tiny_folder, text_file, tmp_path):
@@ -229,3 +233,68 @@ def test_deployment_flags_write_checkpoint_packed_weights_and_qonnx(
             m.weight.numel() for n, m in reloaded.named_modules() if n in formats(tmp_path / "run"))
     )
     assert (tmp_path / "model.onnx").stat().st_size > 0
+
+
+def test_fisher_warm_start_begins_training_on_the_fisher_formats(
+        tiny_folder, text_file, tmp_path, monkeypatch):
+    started = {}
+
+    def record_start(model, projection):
+        started["betas"] = list(projection.betas)
+        init_offsets(model, projection)
+        started["raw"] = [float(o.raw_offset) for o in dmx.dmx_offsets(model)]
+
+    monkeypatch.setattr(llm, "init_offsets", record_start)
+    common = [
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "16",
+        "--dmx",
+        "--dmx-target-bits",
+        "5.5",
+        "--dmx-eval-windows",
+        "4",
+        "--dmx-sensitivity-samples",
+        "2",
+        "--dmx-skip-baselines"
+    ]
+    assert llm.main(common + ["--dmx-method", "fisher", "--dmx-output", str(tmp_path / "f")]) == 0
+    fisher = json.loads((tmp_path / "f" / "format_map.json").read_text())
+    argv = common + [
+        "--dmx-init", "fisher", "--dmx-steps", "2", "--dmx-output", str(tmp_path / "d")
+    ]
+    assert llm.main(argv) == 0
+    assert sorted(set(started["raw"])) == sorted(set(float(b) for b in started["betas"]))
+    assert len(set(started["betas"])) > 1  # the budget mixes formats, so the start is not uniform
+    ladder = get_ladder(DEFAULT_LADDER)
+    fisher_betas = [
+        ladder.knots[[f.name
+                      for f in ladder.formats].index(fisher[name]["weight"])]
+        for name in sorted(fisher)
+    ]
+    assert sorted(fisher_betas) == sorted(started["betas"])
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["init"] == "fisher"
+
+
+def test_fisher_warm_start_needs_the_dmx_method(tiny_folder, text_file, capsys, no_model_loading):
+    argv = [
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--dmx",
+        "--dmx-method",
+        "kl",
+        "--dmx-target-bits",
+        "5",
+        "--dmx-init",
+        "fisher"
+    ]
+    assert llm.main(argv) == 2
+    assert "--dmx-init fisher is where dMX training starts" in capsys.readouterr().err

@@ -57,13 +57,17 @@ def finished_sweep(tiny_folder, text_file, tmp_path_factory):
 
 def test_sweep_runs_every_point_once(finished_sweep):
     assert labels(finished_sweep) == [
-        "float", "uniform-e2m1", "uniform-e4m3", "fisher-mxfp8-mxfp4-5", "fisher-mxfp8-mxfp4-6"
+        "float",
+        "uniform-e2m1",
+        "uniform-e4m3",
+        "fisher-e2m1-e2m3-e4m3-5",
+        "fisher-e2m1-e2m3-e4m3-6"
     ]
 
 
 def test_sweep_writes_table_and_plot(finished_sweep):
     table = (finished_sweep / "pareto.md").read_text()
-    assert "| fisher-mxfp8-mxfp4-5 | fisher | 5 |" in table
+    assert "| fisher-e2m1-e2m3-e4m3-5 | fisher | 5 |" in table
     assert "gap closed" in table
     assert (finished_sweep / "pareto.png").stat().st_size > 0
 
@@ -97,12 +101,12 @@ def test_interrupted_sweep_runs_only_the_missing_points(
 
     monkeypatch.setattr(llm, "run", counting)
     assert pareto.main(sweep_argv(tiny_folder, text_file, tmp_path)) == 0
-    assert ran == ["fisher-mxfp8-mxfp4-5", "fisher-mxfp8-mxfp4-6"]
+    assert ran == ["fisher-e2m1-e2m3-e4m3-5", "fisher-e2m1-e2m3-e4m3-6"]
     assert len(labels(tmp_path)) == 5
 
 
 def test_interrupted_dmx_point_resumes_its_training(tiny_folder, text_file, tmp_path):
-    (tmp_path / "points" / "dmx-mxfp8-mxfp4-5" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "points" / "dmx-e2m1-e2m3-e4m3-5" / "checkpoints").mkdir(parents=True)
     args = pareto.build_parser().parse_args(
         [
             "--model",
@@ -114,8 +118,8 @@ def test_interrupted_dmx_point_resumes_its_training(tiny_folder, text_file, tmp_
             "--output",
             str(tmp_path)
         ])
-    argv = dict(pareto.plan_points(args, []))["dmx-mxfp8-mxfp4-5"]
-    assert argv[argv.index("--dmx-resume") + 1].endswith("dmx-mxfp8-mxfp4-5")
+    argv = dict(pareto.plan_points(args, []))["dmx-e2m1-e2m3-e4m3-5"]
+    assert argv[argv.index("--dmx-resume") + 1].endswith("dmx-e2m1-e2m3-e4m3-5")
     assert "--dmx-output" not in argv
 
 
@@ -157,7 +161,7 @@ def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
     records = {
         r["label"]: r for r in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))
     }
-    first, second = records["fisher-mxfp8-mxfp4-5"], records["fisher-mxfp8-mxfp4-6"]
+    first, second = records["fisher-e2m1-e2m3-e4m3-5"], records["fisher-e2m1-e2m3-e4m3-6"]
     assert first["search_time_s"] > 0
     assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)
 
@@ -186,15 +190,15 @@ def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
 
 def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
     assert labels(retarget_sweep) == [
-        "dmx-mxfp8-mxfp4-5", "dmx-mxfp8-mxfp4-6", "retarget-mxfp8-mxfp4-6-from-5"
+        "dmx-e2m1-e2m3-e4m3-5", "dmx-e2m1-e2m3-e4m3-6", "retarget-e2m1-e2m3-e4m3-6-from-5"
     ]
     records = {r["label"]: r for r in pareto.read_results(str(retarget_sweep / "results.jsonl"))}
-    point = records["retarget-mxfp8-mxfp4-6-from-5"]
-    assert point["retargeted_from"].endswith("dmx-mxfp8-mxfp4-5")
-    assert point["steps"] is None and records["dmx-mxfp8-mxfp4-5"]["steps"] == 3
+    point = records["retarget-e2m1-e2m3-e4m3-6-from-5"]
+    assert point["retargeted_from"].endswith("dmx-e2m1-e2m3-e4m3-5")
+    assert point["steps"] is None and records["dmx-e2m1-e2m3-e4m3-5"]["steps"] == 3
     assert point["bits"][point["average"]] <= 6
     assert point["retargeted_steps"] == 3
-    assert pareto._series(point) == "dmx retargeted from 3 steps (mxfp8-mxfp4)"
+    assert pareto._series(point) == "dmx retargeted from 3 steps (e2m1,e2m3,e4m3)"
 
 
 def _retarget_argv(model, data, source):
@@ -213,7 +217,7 @@ def _retarget_argv(model, data, source):
 
 def test_retarget_to_the_trained_target_gives_the_trained_map(
         retarget_sweep, tiny_folder, text_file, tmp_path):
-    source = retarget_sweep / "points" / "dmx-mxfp8-mxfp4-5"
+    source = retarget_sweep / "points" / "dmx-e2m1-e2m3-e4m3-5"
     argv = _retarget_argv(tiny_folder, text_file, source) + [
         "--dmx-output", str(tmp_path / "again"), "--dmx-skip-baselines"
     ] + LLM_ARGS[1:]
@@ -289,8 +293,8 @@ def test_report_compares_dmx_with_the_baselines_on_the_same_windows(
         ["--model", "m", "--dataset", "d", "--output", str(tmp_path), "--report-only"]) == 0
     report = (tmp_path / "pareto.md").read_text()
     assert "Paired comparison" in report
-    assert "| dmx-mxfp8-mxfp4-5 | mxfp8-mxfp4 | 5 |" in report
-    assert "| fisher-mxfp8-mxfp4-6 |" in report.split("Paired comparison")[1]
+    assert "| dmx-e2m1-e2m3-e4m3-5 | e2m1,e2m3,e4m3 | 5 |" in report
+    assert "| fisher-e2m1-e2m3-e4m3-6 |" in report.split("Paired comparison")[1]
 
 
 def test_sweep_evaluates_the_float_model_once(finished_sweep):

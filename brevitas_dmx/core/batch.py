@@ -52,11 +52,10 @@ def offset_widths(offsets: Sequence[DMXOffset]) -> Tuple[Tensor, Tensor]:
         else:
             raw = torch.stack([o.raw_offset.to(device) for o in group])
             if first.rounding == "ste":
-                beta = straight_through_offset(raw, first.ladder.span, first.ladder.kind)
+                beta = straight_through_offset(raw, first.ladder)
             else:
                 temperature = torch.stack([o.temperature.to(device) for o in group])
-                beta = tempered_offset(
-                    raw, temperature, first.ladder.span, first.ladder.kind, first.sharpness)
+                beta = tempered_offset(raw, temperature, first.ladder, first.sharpness)
         parts.append((members, first.ladder.widths(beta)))
     if len(parts) == 1:
         return parts[0][1]

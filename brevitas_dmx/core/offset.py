@@ -3,7 +3,7 @@
 """The learnable format offset of one layer: raw offset -> beta = F(raw, T)."""
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 from brevitas import config
 import torch
@@ -11,36 +11,49 @@ from torch import nn
 from torch import Tensor
 
 from brevitas_dmx.config import DEFAULT_TEMP_START
+from brevitas_dmx.formats import Ladder
 from brevitas_dmx.formats import ladder as get_ladder
 
 # Sharpness of the tempered sigmoid (``c`` in the method; 20 in the authors' code).
 DEFAULT_SHARPNESS = 20.0
 
 
-def tempered_offset(raw: Tensor, temperature: Tensor, span: int, kind: str, sharpness: float):
-    """beta = F(raw, T): the tempered sigmoid or the staircase of the method (section 3).
+def _segment_tensors(ladder: Ladder, like: Tensor) -> Tuple[Tensor, Tensor]:
+    """(start, length) of the ladder's segments as two vectors in ``like``'s dtype and device."""
+    starts, lengths = zip(*ladder.segments)
+    return (
+        torch.tensor(starts, dtype=like.dtype, device=like.device),
+        torch.tensor(lengths, dtype=like.dtype, device=like.device))
+
+
+def tempered_offset(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness: float):
+    """beta = F(raw, T): the tempered sigmoid of the method (section 3), one per segment of the
+    ladder: ``sum_i L_i * sigmoid(c * T * ((raw - k_i) / L_i - 1/2))`` for the segment of length
+    ``L_i`` from offset ``k_i``. One segment is the paper's sigmoid, unit segments its staircase.
     Elementwise: ``raw`` and ``temperature`` may be vectors of many offsets."""
-    if kind == "sigmoid":
+    if len(ladder.segments) == 1:
+        span = ladder.span
         return span * torch.sigmoid(sharpness * temperature * (raw / span - 0.5))
-    steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
-    return torch.sigmoid(
-        sharpness * torch.as_tensor(temperature).unsqueeze(-1) *
-        (raw.unsqueeze(-1) - steps)).sum(-1)
+    starts, lengths = _segment_tensors(ladder, raw)
+    centred = raw.unsqueeze(-1) / lengths - (starts / lengths + 0.5)
+    return (
+        lengths
+        * torch.sigmoid(sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred)).sum(-1)
 
 
-def straight_through_offset(raw: Tensor, span: int, kind: str) -> Tensor:
+def straight_through_offset(raw: Tensor, ladder: Ladder) -> Tensor:
     """beta rounded to the ladder's discrete offsets in the forward pass, identity gradient (an
     ablation: the paper reports that training with it diverges)."""
-    continuous = raw.clamp(0, span)
-    return continuous + (discrete_offset(raw, span, kind) - continuous).detach()
+    continuous = raw.clamp(0, ladder.span)
+    return continuous + (discrete_offset(raw, ladder) - continuous).detach()
 
 
-def discrete_offset(raw: Tensor, span: int, kind: str) -> Tensor:
-    """The hardware format the raw offset stands for: the limit of F for T -> infinity."""
-    if kind == "sigmoid":
-        return (raw > span / 2).to(raw.dtype) * span
-    steps = torch.arange(span, dtype=raw.dtype, device=raw.device) + 0.5
-    return (raw.unsqueeze(-1) > steps).to(raw.dtype).sum(-1)
+def discrete_offset(raw: Tensor, ladder: Ladder) -> Tensor:
+    """The hardware format the raw offset stands for: the limit of F for T -> infinity (each
+    segment switches at its middle)."""
+    starts, lengths = _segment_tensors(ladder, raw)
+    past_middle = (raw.unsqueeze(-1) > starts + lengths / 2).to(raw.dtype)
+    return (lengths * past_middle).sum(-1)
 
 
 class DMXOffset(nn.Module):
@@ -74,21 +87,16 @@ class DMXOffset(nn.Module):
 
     def forward(self) -> Tensor:
         if self.training and self.rounding == "ste":
-            return straight_through_offset(self.raw_offset, self.ladder.span, self.ladder.kind)
+            return straight_through_offset(self.raw_offset, self.ladder)
         if self.training:
-            return tempered_offset(
-                self.raw_offset,
-                self.temperature,
-                self.ladder.span,
-                self.ladder.kind,
-                self.sharpness)
+            return tempered_offset(self.raw_offset, self.temperature, self.ladder, self.sharpness)
         return self.discrete()
 
     def discrete(self) -> Tensor:
         """The hardware format's offset: the projection's assignment if any, else F(raw, inf)."""
         if not torch.isnan(self.assigned_offset):
             return self.assigned_offset.clone()
-        return discrete_offset(self.raw_offset.detach(), self.ladder.span, self.ladder.kind)
+        return discrete_offset(self.raw_offset.detach(), self.ladder)
 
     def assign(self, beta: Optional[float]) -> None:
         """Fixes the discrete offset (a budget projection's choice); None clears it."""

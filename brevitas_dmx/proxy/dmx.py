@@ -12,6 +12,7 @@ from torch import nn
 
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
+from brevitas_dmx.formats import ladder as get_ladder
 
 
 def dmx_quant_of(proxy: nn.Module) -> Optional[DMXFloatQuant]:
@@ -35,7 +36,7 @@ def find_shared_offset(layer: nn.Module, proxy: nn.Module, ladder: str) -> Optio
         if child is proxy:
             continue
         quant = dmx_quant_of(child)
-        if quant is not None and quant.share_offset and quant.offset.ladder.name == ladder:
+        if quant is not None and quant.share_offset and quant.offset.ladder == get_ladder(ladder):
             return quant.offset
     return None
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
+from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.proxy import DMXActQuantProxyFromInjector
 from brevitas_dmx.proxy import DMXWeightQuantProxyFromInjector
 from brevitas_dmx.proxy import find_shared_offset
@@ -31,6 +32,7 @@ __all__ = [
     "MXFP8MXFP4LadderMixin",
     "MXFP6MXFP4LadderMixin",
     "MXFP8MXFP6MXFP4StaircaseMixin",
+    "MXFP4MXFP6MXFP8ChainMixin",
     "DMXWeightProxyMixin",
     "DMXActProxyMixin",
     "DMXFloatWeight",
@@ -39,7 +41,10 @@ __all__ = [
     "DMXFloat6Act",
     "DMXFloatStaircaseWeight",
     "DMXFloatStaircaseAct",
+    "DMXFloatChainWeight",
+    "DMXFloatChainAct",
     "LADDER_QUANTIZERS",
+    "ladder_quantizers",
 ]
 
 
@@ -78,6 +83,12 @@ class MXFP6MXFP4LadderMixin(ExtendedInjector):
 class MXFP8MXFP6MXFP4StaircaseMixin(ExtendedInjector):
     """E(2+b)M(1+b) with a staircase: ends on MXFP4 (E2M1), MXFP6 (E3M2) or MXFP8 (E4M3)."""
     dmx_ladder = "mxfp8-mxfp6-mxfp4"
+
+
+class MXFP4MXFP6MXFP8ChainMixin(ExtendedInjector):
+    """E2M(1+b) for b in [0, 2], then E(2+b-2)M3 for b in [2, 4]: ends on MXFP4 (E2M1), MXFP6
+    (E2M3) or MXFP8 (E4M3)."""
+    dmx_ladder = "e2m1,e2m3,e4m3"
 
 
 class DMXWeightProxyMixin(ExtendedInjector):
@@ -123,9 +134,27 @@ class DMXFloatStaircaseAct(MXFP8MXFP6MXFP4StaircaseMixin, DMXFloatActBase):
     """MXFP8/MXFP6/MXFP4 staircase activation quantizer."""
 
 
-# The quantizers of each ladder (``brevitas_dmx.formats.LADDERS``): (weight, input).
+class DMXFloatChainWeight(MXFP4MXFP6MXFP8ChainMixin, DMXFloatWeightBase):
+    """MXFP4/MXFP6 (E2M3)/MXFP8 chain weight quantizer."""
+
+
+class DMXFloatChainAct(MXFP4MXFP6MXFP8ChainMixin, DMXFloatActBase):
+    """MXFP4/MXFP6 (E2M3)/MXFP8 chain activation quantizer."""
+
+
+# The quantizers of each named ladder (``brevitas_dmx.formats.LADDERS``): (weight, input).
 LADDER_QUANTIZERS = {
     "mxfp8-mxfp4": (DMXFloatWeight, DMXFloatAct),
     "mxfp6-mxfp4": (DMXFloat6Weight, DMXFloat6Act),
     "mxfp8-mxfp6-mxfp4": (DMXFloatStaircaseWeight, DMXFloatStaircaseAct),
+    "e2m1,e2m3,e4m3": (DMXFloatChainWeight, DMXFloatChainAct),
 }
+
+
+def ladder_quantizers(name: str):
+    """(weight, input) learnable quantizers on the ladder ``name``: a named ladder's classes, or
+    the base quantizers with ``dmx_ladder`` set to any other chain of formats."""
+    path = get_ladder(name)
+    if path.name in LADDER_QUANTIZERS:
+        return LADDER_QUANTIZERS[path.name]
+    return (DMXFloatWeightBase.let(dmx_ladder=path.name), DMXFloatActBase.let(dmx_ladder=path.name))

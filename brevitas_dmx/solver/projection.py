@@ -21,6 +21,7 @@ import os
 from typing import Dict, List, Optional, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from brevitas_dmx.formats import E8M0_SCALE_BITS
@@ -282,6 +283,15 @@ def assign_projection(model: nn.Module, projection: Projection) -> None:
     _, offsets = _budget_problem_and_offsets(model)
     for offset, beta in zip(offsets, projection.betas):
         offset.assign(beta)
+
+
+def init_offsets(model: nn.Module, projection: Projection) -> None:
+    """Starts every raw offset on the format a projection chose for it (a warm start: the
+    offsets then train from there; nothing is assigned)."""
+    _, offsets = _budget_problem_and_offsets(model)
+    with torch.no_grad():
+        for offset, beta in zip(offsets, projection.betas):
+            offset.raw_offset.fill_(float(beta))
 
 
 def project_model(
