@@ -111,8 +111,16 @@ HONOURED_BREVITAS_FLAGS = {
     "dataset",
     "eval",
     "config",
-    "quantize_last_layer"
+    "quantize_last_layer",
+    "rotation",
+    "rotation_mode",
+    "rotation_orphan_sink",
+    "replace_rmsnorm"
 }
+
+# The rotations a dMX run applies itself: Hadamard (or random orthogonal) rotations fused into
+# the weights, which leave a standard model. Online rotations need Brevitas's own pipeline.
+DMX_ROTATIONS = ("fused_no_fx",)
 
 
 class UsageError(ValueError):
@@ -133,6 +141,7 @@ def validate(parser, args, defaults: Optional[Dict] = None, pending=()) -> None:
     if not _check_mode(parser, args, defaults):
         return
     method, file_map = _check_method(args, pending)
+    _check_rotation(args)
     _check_evaluation(args)
     _check_deployment(args, method, file_map)
     _check_run(args)
@@ -213,6 +222,23 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
                 f"--dmx-format {args.dmx_format} needs {bits:g} bits, over --dmx-target-bits "
                 f"{args.dmx_target_bits:g}")
     return method, file_map
+
+
+def _check_rotation(args) -> None:
+    """--rotation is fused_no_fx (or absent), and its options come with it."""
+    if args.rotation is None:
+        options = [dest for dest in ("rotation_orphan_sink",) if getattr(args, dest)
+                  ] + (["rotation_mode"] if args.rotation_mode != "had" else [])
+        if options:
+            raise UsageError(
+                f"{', '.join(map(flag_name, options))} set how the model is rotated: add "
+                f"--rotation fused_no_fx")
+        return
+    if args.rotation not in DMX_ROTATIONS:
+        raise UsageError(
+            f"--rotation {args.rotation}: a dMX run applies --rotation fused_no_fx (rotations "
+            f"fused into the weights). fx and layerwise rotations run through stock "
+            f"brevitas_ptq_llm with the plugin (see the README)")
 
 
 def _check_retarget(args, method: str, pending=()) -> None:
@@ -362,6 +388,36 @@ def _peak_memory_bytes(device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _rotation_name(args) -> Optional[str]:
+    """The rotation a run applies, as results and caches record it: 'fused_no_fx-had', or None."""
+    if args.rotation is None:
+        return None
+    return f"{args.rotation}-{args.rotation_mode}" + ("-sink" if args.rotation_orphan_sink else "")
+
+
+def rotate(args, model: nn.Module, calib: List[Dict]) -> float:
+    """Rotates ``model`` in place as Brevitas's LLM entrypoint does for --rotation fused_no_fx:
+    RMSNorm scales merged into the next layers and orthogonal rotations fused into the weights,
+    so the float function is unchanged and the weights' outliers are spread over their blocks.
+    Returns the seconds it took."""
+    from brevitas_examples.llm.main import fused_rotation_no_fx
+
+    start = time.perf_counter()
+    sample = {
+        k: calib[0][k][None].to(next(model.parameters()).device)
+        for k in ("input_ids", "attention_mask")
+    }
+    use_cache, model.config.use_cache = model.config.use_cache, True  # the tracer asks for it
+    try:
+        fused_rotation_no_fx(model, [sample], args)
+    finally:
+        model.config.use_cache = use_cache
+    # The final norm is merged into the LM head and not into the embedding: they differ now,
+    # and a checkpoint that still said they are tied would load the wrong head.
+    model.config.tie_word_embeddings = False
+    return time.perf_counter() - start
+
+
 def _method(args) -> str:
     return "map" if args.dmx_format_map is not None else args.dmx_method
 
@@ -383,6 +439,7 @@ def _sensitivity(args, model, calib, method: str):
             "weights_only": args.dmx_weights_only,
             "scale_rule": args.dmx_scale_rule,
             "quantize_last_layer": args.quantize_last_layer,
+            "rotation": _rotation_name(args),
             # the token ids scored (a tokenizer's BOS, a changed text or split change them)
             "calibration":
                 windows_fingerprint(
@@ -438,6 +495,7 @@ def _float_window_nll(args, model, windows, fingerprint: str, device) -> torch.T
             "device": torch.device(device).type,
             "seqlen": args.seqlen,
             "batch_size": args.dmx_eval_batch_size,
+            "rotation": _rotation_name(args),
             "windows": fingerprint
         },
         sort_keys=True)
@@ -669,6 +727,10 @@ def _load(run: Run) -> None:
         f"{args.seqlen} tokens")
     logger.info(f"model: {args.model}")
     run.model = load_model(args.model, args.dtype).to(run.device)
+    rotation_time = None
+    if args.rotation is not None:
+        logger.info(f"rotating the model: {_rotation_name(args)}")
+        rotation_time = rotate(args, run.model, run.calib)
     if run.method == "map":  # read once here, after validate() checked its formats
         run.file_map = read_format_map(args.dmx_format_map)
         _check_map_layers(args, run.model, run.file_map)
@@ -681,6 +743,8 @@ def _load(run: Run) -> None:
         "ladder": args.dmx_ladder,
         "average": args.dmx_average,
         "budget_with_scales": args.dmx_budget_with_scales,
+        "rotation": _rotation_name(args),
+        "rotation_time_s": rotation_time,
         "eval_windows": len(run.windows),
         "eval_fingerprint": windows_fingerprint(run.windows)
     }
@@ -944,7 +1008,8 @@ def append_result(path: str, metrics: Dict, args) -> None:
             "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
             "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
             "search_time_s", "zero_shot_time_s", "total_time_s", "device", "retargeted_from",
-            "retargeted_steps", "init", "eval_windows", "eval_fingerprint", "window_nll")
+            "retargeted_steps", "init", "rotation", "eval_windows", "eval_fingerprint",
+            "window_nll")
     }
     record.update(
         label=args.dmx_label,

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="One of --targets: the offsets dMX learned for it are also re-projected onto every "
         "other target, without training (extra points, the 'dmx retargeted' line).")
+    parser.add_argument(
+        "--format-maps",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="Format maps to evaluate beside the methods (another tool's choices, e.g. "
+        "benchmarks/peers.py's): one point each, labelled map-<file name>; files named "
+        "<series>-<target>.json draw one line per series.")
     parser.add_argument("--output", required=True, help="Folder for the points and the report.")
     parser.add_argument(
         "--average",
@@ -96,16 +105,20 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
     """(label, brevitas_dmx_llm arguments) of every point of the sweep, in run order."""
     common = ["--model", args.model, "--dataset", args.dataset, "--dmx"]
     ladder = ["--dmx-ladder", args.ladder]
-    tag = ladder_tag(args.ladder)
+    # rotated points get folders and labels of their own, so one output can hold both
+    rotated = "-rotated" if "--rotation" in llm_argv else ""
+    tag = ladder_tag(args.ladder) + rotated
     points = []
     if "float" in args.methods:
-        points.append(("float", common + ["--dmx-method", "float"]))
+        points.append(("float", common + ["--dmx-method", "float"]))  # refused when rotated
     formats = args.uniform_formats or ["e2m1", "e2m3", "e4m3"]
     if "uniform" in args.methods:
         for fmt in formats:
             name = element_format(fmt).name
             points.append(
-                (f"uniform-{name}", common + ["--dmx-method", "uniform", "--dmx-format", name]))
+                (
+                    f"uniform-{name}{rotated}",
+                    common + ["--dmx-method", "uniform", "--dmx-format", name]))
     if "mlp8" in args.methods:
         points.append((f"mlp8-{tag}", common + ladder + ["--dmx-method", "mlp8"]))
     for method in ("kl", "fisher", "dmx"):
@@ -123,6 +136,13 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
                         str(target),
                         "--dmx-skip-baselines"
                     ]))
+    for path in args.format_maps:
+        name = os.path.splitext(os.path.basename(path))[0]
+        points.append(
+            (
+                f"map-{name}{rotated}",
+                common + ladder
+                + ["--dmx-format-map", os.path.abspath(path), "--dmx-skip-baselines"]))
     out = os.path.abspath(args.output)
     if args.retarget_from is not None and "dmx" in args.methods:
         source = os.path.join(out, "points", f"dmx-{tag}-{_target_label(args.retarget_from)}")
@@ -188,8 +208,17 @@ def _bits(record: Dict, average: str) -> Optional[float]:
 
 
 def _series(record: Dict) -> str:
-    """The line a point belongs to in the plot (runs with a seed other than the default apart)."""
+    """The line a point belongs to in the plot (runs with a seed other than the default, and
+    rotated runs, apart)."""
+    series = _method_series(record)
+    return series + " rotated" if record.get("rotation") else series
+
+
+def _method_series(record: Dict) -> str:
     method = record["method"]
+    if method.startswith("map:"):  # <series>-<target>.json: one line per series
+        name = os.path.splitext(os.path.basename(method[len("map:"):]))[0]
+        return re.sub(r"-\d+(\.\d+)?$", "", name)
     seed = record.get("seed")
     seed = f" seed {seed}" if seed not in (None, 0) else ""
     if record.get("retargeted_from"):
@@ -247,7 +276,15 @@ BASELINES = ("kl", "fisher")
 def _same_problem(a: Dict, b: Dict) -> bool:
     """Two points of one budget and seed: same model, ladder, target, average, seed (calibration
     data) and evaluation windows."""
-    keys = ("model", "ladder", "target_bits", "average", "budget_with_scales", "seqlen", "seed")
+    keys = (
+        "model",
+        "ladder",
+        "target_bits",
+        "average",
+        "budget_with_scales",
+        "seqlen",
+        "seed",
+        "rotation")
     return all(a.get(k) == b.get(k) for k in keys) and (
         a.get("eval_fingerprint") is not None and
         a.get("eval_fingerprint") == b.get("eval_fingerprint"))

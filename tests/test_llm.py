@@ -161,10 +161,10 @@ def test_target_is_required(tiny_folder, text_file, capsys, no_model_loading):
 
 def test_brevitas_flags_that_do_not_compose_yet_are_refused_up_front(
         tiny_folder, text_file, tmp_path, capsys, no_model_loading):
-    argv = _argv(tiny_folder, text_file, tmp_path, "--rotation", "fused_no_fx", "--gptq")
+    argv = _argv(tiny_folder, text_file, tmp_path, "--ln-affine-merge", "--gptq")
     assert llm.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--gptq" in err and "--rotation" in err and "cannot be combined with --dmx" in err
+    assert "--gptq" in err and "--ln-affine-merge" in err and "cannot be combined with --dmx" in err
 
 
 def test_unknown_ladder_is_refused_naming_the_flag(tiny_folder, capsys, no_model_loading):

@@ -308,3 +308,36 @@ def test_runs_with_another_seed_are_separate_lines():
     record = {"method": "fisher", "ladder": "mxfp8-mxfp4", "steps": None, "seed": 0}
     assert pareto._series(dict(record, seed=1)) != pareto._series(record)
     assert pareto._series(record) == pareto._series(dict(record, seed=None))
+
+
+def test_format_maps_are_evaluated_as_points_of_their_own(
+        finished_sweep, tiny_folder, text_file, tmp_path):
+    fmap = json.loads(
+        (finished_sweep / "points" / "fisher-e2m1-e2m3-e4m3-5" / "format_map.json").read_text())
+    path = tmp_path / "other-tool-5.json"
+    path.write_text(json.dumps(fmap))
+    argv = [
+        "--model",
+        tiny_folder,
+        "--dataset",
+        text_file,
+        "--methods",
+        "float",
+        "--format-maps",
+        str(path),
+        "--output",
+        str(tmp_path / "sweep")
+    ] + LLM_ARGS
+    assert pareto.main(argv) == 0
+    records = {
+        r["label"]: r for r in pareto.read_results(str(tmp_path / "sweep" / "results.jsonl"))
+    }
+    fisher = {r["label"]: r for r in pareto.read_results(str(finished_sweep / "results.jsonl"))}
+    same = fisher["fisher-e2m1-e2m3-e4m3-5"]
+    assert records["map-other-tool-5"]["bits"] == same["bits"]
+    assert records["map-other-tool-5"]["quant_ppl"] == pytest.approx(same["quant_ppl"], rel=1e-6)
+
+
+def test_format_maps_named_by_target_draw_one_line_per_tool():
+    records = [{"method": f"map:/maps/modelopt-gradient-{t}.json"} for t in ("5", "5.5", "7")]
+    assert {pareto._series(r) for r in records} == {"modelopt-gradient"}
