@@ -242,7 +242,7 @@ def test_fisher_warm_start_begins_training_on_the_fisher_formats(
     def record_start(model, projection):
         started["betas"] = list(projection.betas)
         init_offsets(model, projection)
-        started["raw"] = [float(o.raw_offset) for o in dmx.dmx_offsets(model)]
+        started["raw"] = [float(o.raw_offset.detach()) for o in dmx.dmx_offsets(model)]
 
     monkeypatch.setattr(llm, "init_offsets", record_start)
     common = [
