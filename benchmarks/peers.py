@@ -55,8 +55,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.formats import element_format
 
 logger = logging.getLogger("peers")
 
@@ -67,8 +67,9 @@ INSTALL_HINT = "pip install brevitas-dmx[peers]"
 # The name ModelOpt's quantizers select the torch port of its MX kernel by.
 MODELOPT_BACKEND = "brevitas_dmx_mx_cpu"
 # ModelOpt's MX presets by element format (e2m3 has none: built from the MXFP6 preset).
-MODELOPT_PRESETS = {"e2m1": "MXFP4_DEFAULT_CFG", "e3m2": "MXFP6_DEFAULT_CFG",
-                    "e4m3": "MXFP8_DEFAULT_CFG"}
+MODELOPT_PRESETS = {
+    "e2m1": "MXFP4_DEFAULT_CFG", "e3m2": "MXFP6_DEFAULT_CFG", "e4m3": "MXFP8_DEFAULT_CFG"
+}
 # auto-round's MX schemes by element format ("mx_fp" with 6 bits is e2m3 there).
 AUTOROUND_SCHEMES = {"e2m1": "MXFP4", "e2m3": "MXFP6", "e4m3": "MXFP8"}
 
@@ -130,8 +131,10 @@ def layer_memory_bits(module: nn.Linear, fmt: str, with_scales: bool = True) -> 
     return bits
 
 
-def map_bits(layers: Mapping[str, nn.Linear], fmap: Mapping[str, str],
-             with_scales: bool = True) -> float:
+def map_bits(
+        layers: Mapping[str, nn.Linear],
+        fmap: Mapping[str, str],
+        with_scales: bool = True) -> float:
     """Average bits per weight of a map over the quantized Linear weights, weighted by numel
     (with scales: this project's ``memory_with_scales``). Every layer must be in the map."""
     missing = sorted(set(layers) - set(fmap))
@@ -283,11 +286,14 @@ def load_calibration(args) -> Tuple[object, List[Dict]]:
 
 
 def batches(samples: List[Dict], batch_size: int) -> List[Dict[str, torch.Tensor]]:
-    return [{
-        key: torch.stack([s[key] for s in samples[i:i + batch_size]])
-        for key in ("input_ids", "attention_mask", "labels")
-    }
-            for i in range(0, len(samples), batch_size)]
+    return [
+        {
+            key: torch.stack([s[key]
+                              for s in samples[i:i + batch_size]])
+            for key in ("input_ids", "attention_mask", "labels")
+        }
+        for i in range(0, len(samples), batch_size)
+    ]
 
 
 def load_model(args) -> nn.Module:
@@ -323,8 +329,8 @@ def _modelopt_candidates(mtq, formats: Sequence[str]) -> List[Tuple[str, dict]]:
         preset = copy.deepcopy(getattr(mtq, MODELOPT_PRESETS.get(fmt, "MXFP6_DEFAULT_CFG")))
         for entry in preset["quant_cfg"]:
             cfg = entry.get("cfg") if isinstance(entry, dict) else None
-            if isinstance(cfg, dict) and cfg.get("block_sizes", {}).get("scale_bits") in (
-                    (8, 0), "e8m0"):
+            if isinstance(cfg, dict) and cfg.get("block_sizes",
+                                                 {}).get("scale_bits") in ((8, 0), "e8m0"):
                 if fmt == "e2m3":
                     cfg["num_bits"] = (2, 3)
                 cfg["backend"] = MODELOPT_BACKEND
@@ -356,8 +362,9 @@ def modelopt_element_bits(layers: Mapping[str, nn.Linear], fmap: Mapping[str, st
     return map_bits(layers, fmap, with_scales=False)
 
 
-def run_modelopt(method: str, model: nn.Module, samples: List[Dict], targets: Sequence[float],
-                 args) -> SearchResult:
+def run_modelopt(
+        method: str, model: nn.Module, samples: List[Dict], targets: Sequence[float],
+        args) -> SearchResult:
     mtq = require("modelopt.torch.quantization", "nvidia-modelopt", f"modelopt-{method}")
     from modelopt.torch.quantization.nn import register_quant_backend
     register_quant_backend(MODELOPT_BACKEND, modelopt_backend)
@@ -369,8 +376,10 @@ def run_modelopt(method: str, model: nn.Module, samples: List[Dict], targets: Se
     result = SearchResult()
 
     def forward_step(model, batch):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"] if method == "gradient" else None)
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"] if method == "gradient" else None)
         return out if method == "gradient" else out.logits
 
     def loss_func(output, batch):
@@ -403,7 +412,11 @@ def run_modelopt(method: str, model: nn.Module, samples: List[Dict], targets: Se
         budget = modelopt_budget(target)
         start = time.perf_counter()
         config = mtq.get_auto_quantize_config(
-            state, {"effective_bits": budget, "cost": {"excluded_module_name_patterns": ["*lm_head*"]}})
+            state, {
+                "effective_bits": budget, "cost": {
+                    "excluded_module_name_patterns": ["*lm_head*"]
+                }
+            })
         result.solve_times[target] = time.perf_counter() - start
         chosen = _modelopt_map(config, layers)
         floats = sorted(name for name, fmt in chosen.items() if fmt is None)
@@ -423,9 +436,29 @@ def _autoround_format(entry: Mapping) -> str:
     E2M3)."""
     if "mx_fp" not in str(entry.get("data_type")):
         raise ValueError(f"auto-round chose a non-MX scheme: {entry}")
-    names = {"mx_fp": {4: "e2m1", 6: "e2m3", 8: "e4m3"}, "mx_fp4": {4: "e2m1"},
-             "mx_fp4e2m1": {4: "e2m1"}, "mx_fp6e2m3": {6: "e2m3"}, "mx_fp6e3m2": {6: "e3m2"},
-             "mx_fp8": {8: "e4m3"}, "mx_fp8e4m3": {8: "e4m3"}}
+    names = {
+        "mx_fp": {
+            4: "e2m1", 6: "e2m3", 8: "e4m3"
+        },
+        "mx_fp4": {
+            4: "e2m1"
+        },
+        "mx_fp4e2m1": {
+            4: "e2m1"
+        },
+        "mx_fp6e2m3": {
+            6: "e2m3"
+        },
+        "mx_fp6e3m2": {
+            6: "e3m2"
+        },
+        "mx_fp8": {
+            8: "e4m3"
+        },
+        "mx_fp8e4m3": {
+            8: "e4m3"
+        }
+    }
     return names[entry["data_type"]][int(entry["bits"])]
 
 
@@ -454,9 +487,9 @@ def run_autoround(model, tokenizer, samples, targets, args) -> SearchResult:
     # Its per-scheme score cache: fresh for this run, so the first target pays the scoring and
     # the later ones reuse it (scores do not depend on the budget).
     os.environ["AR_AUTO_SCHEME_CACHE"] = cache
-    import auto_round.auto_scheme.delta_loss as delta_loss
     from auto_round import AutoRound
     from auto_round import AutoScheme
+    import auto_round.auto_scheme.delta_loss as delta_loss
     unknown = [f for f in args.formats if f not in AUTOROUND_SCHEMES]
     if unknown:
         raise ValueError(f"auto-round has no MX scheme for {unknown}")
@@ -547,8 +580,13 @@ def target_label(target: float) -> str:
     return f"{target:g}"
 
 
-def record(peer: str, target: float, result: SearchResult, layers: Mapping[str, nn.Linear],
-           map_path: str, args) -> Dict:
+def record(
+        peer: str,
+        target: float,
+        result: SearchResult,
+        layers: Mapping[str, nn.Linear],
+        map_path: str,
+        args) -> Dict:
     fmap = result.maps[target]
     ours = map_bits(layers, fmap, with_scales=True)
     return {
@@ -628,21 +666,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="as brevitas_dmx_llm's --model")
     parser.add_argument(
-        "--dataset", required=True, help="as brevitas_dmx_llm's --dataset (local .txt/.jsonl, "
+        "--dataset",
+        required=True,
+        help="as brevitas_dmx_llm's --dataset (local .txt/.jsonl, "
         "enwiki-gensim)")
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     parser.add_argument(
-        "--targets", nargs="+", type=float, required=True,
+        "--targets",
+        nargs="+",
+        type=float,
+        required=True,
         help="budgets in memory bits per weight WITH the E8M0 scales (MXFP4 = 4.25)")
     parser.add_argument(
-        "--formats", type=parse_formats, default=parse_formats(DEFAULT_FORMATS),
+        "--formats",
+        type=parse_formats,
+        default=parse_formats(DEFAULT_FORMATS),
         help=f"candidate element formats, comma-separated (default {DEFAULT_FORMATS}: MXFP4 and "
         f"MXFP8; ModelOpt also takes e3m2 and e2m3, auto-round e2m3)")
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--nsamples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="as brevitas_dmx_llm's --seed")
-    parser.add_argument("--eval-fraction", type=float, default=0.4,
-                        help="held-out share of the text, as --dmx-eval-fraction")
+    parser.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.4,
+        help="held-out share of the text, as --dmx-eval-fraction")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--output", required=True, help="output folder")
