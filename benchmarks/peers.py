@@ -3,14 +3,15 @@
 """The peer mixed-precision MX searchers in this project's protocol: same model, calibration
 windows, formats and budget as ``brevitas_dmx_llm``; their choices written as format maps.
 
-Peers (each optional: ``pip install brevitas-dmx[peers]``):
+Peers (each optional: ``pip install brevitas-dmx[peers]``); ``--formats`` picks the candidate
+formats, MXFP4 (e2m1) and MXFP8 (e4m3) by default, W+A as this project's default dMX run:
 
 - ``modelopt-gradient``, ``modelopt-kl_div``: NVIDIA ModelOpt ``mtq.auto_quantize``. Gradient
   scores a layer in a format by sum(g^2 (Y - Y_q)^2) at its output (g the loss gradient) and
   solves a knapsack; kl_div scores by the KL divergence of the logits with one layer group
   quantized and binary-searches a score threshold. q/k/v and gate/up are forced to one format.
-  Candidates: ModelOpt's MX presets, W+A (MXFP4_DEFAULT_CFG e2m1, MXFP6_DEFAULT_CFG e3m2,
-  MXFP8_DEFAULT_CFG e4m3; e2m3 is no ModelOpt preset and is given as the MXFP6 preset with
+  Candidates: ModelOpt's MX presets (MXFP4_DEFAULT_CFG e2m1, MXFP6_DEFAULT_CFG e3m2,
+  MXFP8_DEFAULT_CFG e4m3; e2m3 has no ModelOpt preset and is given as the MXFP6 preset with
   num_bits (2, 3)). "Do not quantize" is kept as ModelOpt's cost baseline but may not be chosen
   (every layer ends in an MX format, as in this project's maps). ModelOpt counts effective bits
   WITHOUT the E8M0 scales (MXFP4 = 4, MXFP8 = 8), so it is given the budget minus 0.25. It scores
@@ -21,7 +22,8 @@ Peers (each optional: ``pip install brevitas-dmx[peers]``):
   (OCP's rule is floor(log2(amax)) - emax), round-to-nearest-even on the element grid, E4M3
   saturating, and a straight-through gradient.
 - ``autoround``: Intel auto-round ``AutoScheme`` (method "default": DeltaLoss sensitivities of
-  SignRoundV2, a DP over layers) with options MXFP4 (e2m1), MXFP6 (e2m3) and MXFP8 (e4m3), W+A.
+  SignRoundV2, a DP over layers); its MX options are MXFP4 (e2m1), MXFP6 (e2m3) and MXFP8
+  (e4m3). It does not tie q/k/v or gate/up.
   Its ``avg_bits`` counts the 8-bit E8M0 scale of every 32 weights (MXFP4 = 4.25), as this
   project does, so it gets the budget unchanged (checked at run time with its own
   ``compute_layer_bits``). Its calibration loader is replaced by this project's windows.
