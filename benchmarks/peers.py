@@ -74,6 +74,19 @@ MODELOPT_PRESETS = {
 }
 # auto-round's MX schemes by element format ("mx_fp" with 6 bits is e2m3 there).
 AUTOROUND_SCHEMES = {"e2m1": "MXFP4", "e2m3": "MXFP6", "e4m3": "MXFP8"}
+# auto-round's (data_type, bits) of a layer scheme -> element format.
+AUTOROUND_DATA_TYPES = {
+    ("mx_fp", 4): "e2m1",
+    ("mx_fp4", 4): "e2m1",
+    ("mx_fp4e2m1", 4): "e2m1",
+    ("mx_fp", 6): "e2m3",
+    ("mx_fp6", 6): "e2m3",
+    ("mx_fp6e2m3", 6): "e2m3",
+    ("mx_fp6e3m2", 6): "e3m2",
+    ("mx_fp", 8): "e4m3",
+    ("mx_fp8", 8): "e4m3",
+    ("mx_fp8e4m3", 8): "e4m3",
+}
 
 
 class PeerMissing(RuntimeError):
@@ -360,6 +373,17 @@ def _modelopt_map(config: dict, layers: Iterable[str]) -> Dict[str, Optional[str
     return chosen
 
 
+def _modelopt_constraints(effective_bits: float) -> dict:
+    """ModelOpt's constraints for a budget in its convention. The LM head is neither searched
+    nor counted: ModelOpt counts a disabled layer at 16 bits unless its cost is excluded."""
+    return {
+        "effective_bits": effective_bits,
+        "cost": {
+            "excluded_module_name_patterns": ["*lm_head*"]
+        },
+    }
+
+
 def modelopt_element_bits(layers: Mapping[str, nn.Linear], fmap: Mapping[str, str]) -> float:
     """ModelOpt's own count of a map: parameter-weighted element bits, no scales."""
     return map_bits(layers, fmap, with_scales=False)
@@ -393,9 +417,7 @@ def run_modelopt(
     started = time.perf_counter()
     model, state = mtq.auto_quantize(
         model,
-        # The LM head is neither searched nor counted (ModelOpt counts a disabled layer at 16
-        # bits in the average unless its cost is excluded).
-        constraints={"effective_bits": first, "cost": {"excluded_module_name_patterns": ["*lm_head*"]}},
+        constraints=_modelopt_constraints(first),
         quantization_formats=configs,
         module_search_spaces=[{
             "module_name_patterns": ["*"], "quantization_formats": configs,
@@ -416,12 +438,7 @@ def run_modelopt(
     for target in targets:
         budget = modelopt_budget(target)
         start = time.perf_counter()
-        config = mtq.get_auto_quantize_config(
-            state, {
-                "effective_bits": budget, "cost": {
-                    "excluded_module_name_patterns": ["*lm_head*"]
-                }
-            })
+        config = mtq.get_auto_quantize_config(state, _modelopt_constraints(budget))
         result.solve_times[target] = time.perf_counter() - start
         chosen = _modelopt_map(config, layers)
         floats = sorted(name for name, fmt in chosen.items() if fmt is None)
@@ -432,40 +449,17 @@ def run_modelopt(
         result.claims[target] = modelopt_element_bits(layers, result.maps[target])
     result.notes.append(
         f"calibration on {len(data)} batches of {args.batch_size} windows, scores on the first "
-        f"{score_batches}; every target solved "
-        f"from it; ModelOpt's MX kernel replaced by the torch port (ceil scale rule)")
+        f"{score_batches}; every target solved from these scores; ModelOpt's MX kernel replaced "
+        f"by the torch port (ceil scale rule)")
     return result
 
 
 def _autoround_format(entry: Mapping) -> str:
-    """This project's format name for an auto-round layer scheme (its "mx_fp" of 6 bits is
-    E2M3)."""
-    if "mx_fp" not in str(entry.get("data_type")):
-        raise ValueError(f"auto-round chose a non-MX scheme: {entry}")
-    names = {
-        "mx_fp": {
-            4: "e2m1", 6: "e2m3", 8: "e4m3"
-        },
-        "mx_fp4": {
-            4: "e2m1"
-        },
-        "mx_fp4e2m1": {
-            4: "e2m1"
-        },
-        "mx_fp6e2m3": {
-            6: "e2m3"
-        },
-        "mx_fp6e3m2": {
-            6: "e3m2"
-        },
-        "mx_fp8": {
-            8: "e4m3"
-        },
-        "mx_fp8e4m3": {
-            8: "e4m3"
-        }
-    }
-    return names[entry["data_type"]][int(entry["bits"])]
+    """This project's format name for an auto-round layer scheme."""
+    key = (str(entry.get("data_type")), int(entry.get("bits", 16)))
+    if key not in AUTOROUND_DATA_TYPES:
+        raise ValueError(f"auto-round chose a scheme that is no MX format here: {entry}")
+    return AUTOROUND_DATA_TYPES[key]
 
 
 def autoround_layer_bits(module: nn.Linear, entry: Mapping) -> float:

@@ -171,6 +171,51 @@ def test_ragged_layer_counts_one_scale_per_partial_block(peers):
     assert peers.layer_memory_bits(layer, "e2m1") == 4 * 120 + 8 * 3 * 2
 
 
+def test_reading_the_peers_choices(peers):
+    """The formats in ModelOpt's replayable config and in auto-round's layer config."""
+    config = {
+        "quant_cfg":
+            [
+                {
+                    "quantizer_name": "*", "enable": False
+                },
+                {
+                    "quantizer_name": "m.a.weight_quantizer",
+                    "enable": True,
+                    "cfg": {
+                        "num_bits": (2, 1)
+                    }
+                },
+                {
+                    "quantizer_name": "m.a.input_quantizer",
+                    "enable": True,
+                    "cfg": {
+                        "num_bits": (2, 1)
+                    }
+                },
+                {
+                    "quantizer_name": "m.b.weight_quantizer",
+                    "enable": True,
+                    "cfg": {
+                        "num_bits": (4, 3)
+                    }
+                },
+                {
+                    "quantizer_name": "m.c.weight_quantizer", "enable": False
+                },
+            ]
+    }
+    assert peers._modelopt_map(config, ["m.a", "m.b", "m.c", "m.d"]) == {
+        "m.a": "e2m1", "m.b": "e4m3", "m.c": None, "m.d": None
+    }
+    assert peers._modelopt_constraints(4.75)["effective_bits"] == 4.75
+    assert peers._autoround_format({"data_type": "mx_fp", "bits": 4}) == "e2m1"
+    assert peers._autoround_format({"data_type": "mx_fp", "bits": 6}) == "e2m3"
+    assert peers._autoround_format({"data_type": "mx_fp", "bits": 8}) == "e4m3"
+    with pytest.raises(ValueError, match="no MX format"):
+        peers._autoround_format({"data_type": "int", "bits": 4})
+
+
 def test_missing_peer_package(peers, monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "auto_round", None)
     with pytest.raises(peers.PeerMissing, match=r"pip install brevitas-dmx\[peers\]"):
