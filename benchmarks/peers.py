@@ -563,9 +563,23 @@ PEER_CONVENTIONS = {
     "autoround": "bits with the E8M0 scales",
 }
 
+# The element formats each peer can search over.
+PEER_FORMATS = {
+    "modelopt-gradient": ("e2m1", "e2m3", "e3m2", "e4m3"),
+    "modelopt-kl_div": ("e2m1", "e2m3", "e3m2", "e4m3"),
+    "autoround": tuple(AUTOROUND_SCHEMES),
+}
 
-def check_peers(peers: Sequence[str]) -> None:
-    """Fails before any model is loaded if a peer's package is missing."""
+
+def check_peers(peers: Sequence[str], formats: Sequence[str] = ()) -> None:
+    """Fails before any model is loaded if a peer's package is missing or it cannot search one
+    of the formats."""
+    for peer in peers:
+        unknown = [f for f in formats if f not in PEER_FORMATS[peer]]
+        if unknown:
+            raise ValueError(
+                f"{peer} has no MX configuration for {', '.join(unknown)} (it takes "
+                f"{', '.join(PEER_FORMATS[peer])})")
     for peer in peers:
         module, package = PEER_PACKAGES[peer]
         require(module, package, peer)
@@ -707,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> List[Dict]:
-    check_peers(args.peers)
+    check_peers(args.peers, args.formats)
     for target in args.targets:
         low = min(element_format(f).bits for f in args.formats) + E8M0_SCALE_BITS / BLOCK_SIZE
         high = max(element_format(f).bits for f in args.formats) + E8M0_SCALE_BITS / BLOCK_SIZE
@@ -749,7 +763,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except PeerMissing as err:
+    except (PeerMissing, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

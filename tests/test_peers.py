@@ -239,6 +239,24 @@ def test_missing_peer_package(peers, monkeypatch, capsys, tmp_path):
     assert "pip install brevitas-dmx[peers]" in capsys.readouterr().err
 
 
+def test_formats_a_peer_cannot_search_fail_first(peers, capsys, tmp_path):
+    code = peers.main(
+        [
+            "--dataset",
+            str(tmp_path / "none.txt"),
+            "--peers",
+            "autoround",
+            "--formats",
+            "e2m1,e3m2",
+            "--targets",
+            "5",
+            "--output",
+            str(tmp_path)
+        ])
+    assert code == 2
+    assert "autoround has no MX configuration for e3m2" in capsys.readouterr().err
+
+
 def test_help_describes_peers_and_bits(peers):
     text = peers.build_parser().format_help()
     for words in ("modelopt-gradient",
@@ -251,7 +269,7 @@ def test_help_describes_peers_and_bits(peers):
 
 
 def test_targets_outside_the_formats_fail(peers, tmp_path, monkeypatch):
-    monkeypatch.setattr(peers, "check_peers", lambda names: None)
+    monkeypatch.setattr(peers, "check_peers", lambda *args: None)
     with pytest.raises(SystemExit, match="outside"):
         peers.main(
             [
