@@ -549,8 +549,9 @@ def run_autoround(model, tokenizer, samples, targets, args) -> SearchResult:
 
 
 PEER_RUNNERS: Dict[str, Callable] = {
-    "modelopt-gradient": lambda *a: run_modelopt("gradient", *a),
-    "modelopt-kl_div": lambda *a: run_modelopt("kl_div", *a),
+    "modelopt-gradient": lambda model, tokenizer, *rest: run_modelopt("gradient", model, *rest),
+    "modelopt-kl_div": lambda model, tokenizer, *rest: run_modelopt("kl_div", model, *rest),
+    "autoround": run_autoround,
 }
 PEER_PACKAGES = {
     "modelopt-gradient": ("modelopt.torch.quantization", "nvidia-modelopt"),
@@ -738,10 +739,7 @@ def run(args) -> List[Dict]:
         model = load_model(args)
         shapes = layer_shapes(model)
         logger.info(f"{peer}: searching {len(shapes)} layers for targets {args.targets}")
-        if peer == "autoround":
-            result = run_autoround(model, tokenizer, samples, args.targets, args)
-        else:
-            result = PEER_RUNNERS[peer](model, samples, args.targets, args)
+        result = PEER_RUNNERS[peer](model, tokenizer, samples, args.targets, args)
         for target in args.targets:
             path = os.path.join(args.output, "maps", f"{peer}-{target_label(target)}.json")
             write_map(path, result.maps[target])
