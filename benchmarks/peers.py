@@ -36,7 +36,7 @@ format}``, evaluate with ``brevitas_dmx_llm --dmx-format-map FILE``), one line o
 scales, layers per format) and the table ``OUT/peers.md``.
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py --model smollm2-135m \\
-        --dataset /work/shared/data/text/enwiki_gensim_clean.txt --targets 5 5.5 6 7 \\
+        --dataset enwiki-gensim --targets 5 5.5 6 7 \\
         --seqlen 128 --nsamples 64 --output runs/peers
 """
 
