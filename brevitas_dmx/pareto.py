@@ -343,14 +343,16 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     tasks = sorted({t for r in records for t in (r.get("accuracy") or {})})
-    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5.2 * (1 + len(tasks)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 1 + len(tasks), figsize=(5.2 * (1 + len(tasks)) + 2.6, 4.2), squeeze=False)
+    colors = plt.get_cmap("tab20").colors  # a colour per line, however many tools are compared
     series: Dict[str, List[Dict]] = {}
     for r in records:
         series.setdefault(_series(r), []).append(r)
     markers = {"uniform": "s", "mlp8": "D"}
     for column, metric in enumerate(["perplexity"] + tasks):
         ax = axes[0][column]
-        for name, points in sorted(series.items()):
+        for index, (name, points) in enumerate(sorted(series.items())):
             if name == "float":
                 value = points[-1]["quant_ppl"] if metric == "perplexity" else (
                     points[-1].get("accuracy") or {}).get(metric, {}).get("acc")
@@ -368,8 +370,14 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
             keep = [(x, y) for x, y in zip(xs, ys) if y is not None]
             if not keep:
                 continue
-            style = "" if name in markers else "-"
-            ax.plot(*zip(*keep), style + markers.get(name, "o"), label=name, markersize=5)
+            kind = name.split(" ")[0]  # uniform and mlp8 points stand alone, rotated or not
+            line = "" if kind in markers else ("--" if name.endswith(" rotated") else "-")
+            ax.plot(
+                *zip(*keep),
+                line + markers.get(kind, "o"),
+                label=name,
+                markersize=5,
+                color=colors[index % len(colors)])
         ax.set_xlabel(f"average bits ({average.replace('_', ' ')})")
         if metric == "perplexity":
             ax.set_ylabel("perplexity (log scale)")
@@ -377,7 +385,7 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
         else:
             ax.set_ylabel(f"{metric} accuracy")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
