@@ -227,8 +227,9 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
 def _check_rotation(args) -> None:
     """--rotation is fused_no_fx (or absent), and its options come with it."""
     if args.rotation is None:
-        options = [dest for dest in ("rotation_orphan_sink",) if getattr(args, dest)
-                  ] + (["rotation_mode"] if args.rotation_mode != "had" else [])
+        options = ["rotation_orphan_sink"] if args.rotation_orphan_sink else []
+        if args.rotation_mode != "had":
+            options.append("rotation_mode")
         if options:
             raise UsageError(
                 f"{', '.join(map(flag_name, options))} set how the model is rotated: add "
@@ -810,7 +811,7 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
     else:
         metrics["init"] = args.dmx_init
         if scores is not None:  # --dmx-init fisher
-            init_offsets(run.model, _fisher_projection(run, scores))
+            init_offsets(run.model, _score_projection(run, scores))
             logger.info("offsets start on the Fisher baseline's formats for the budget")
         train_start = time.perf_counter()
         metrics["parallelism"] = _train(args, run.model, run.calib, run.out_dir, _weighting(args))
@@ -824,13 +825,14 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
 
 def _search_sensitivity(run: Run, layers, scores) -> Projection:
     """kl (greedy, as the paper's baseline) and fisher (exact knapsack) over layer scores."""
-    projection = _fisher_projection(run, scores, "greedy" if run.method == "kl" else "knapsack")
+    projection = _score_projection(run, scores, "greedy" if run.method == "kl" else "knapsack")
     assign_projection(run.model, projection)
     return projection
 
 
-def _fisher_projection(run: Run, scores, solver: str = "knapsack") -> Projection:
-    """The formats that minimize the summed layer ``scores`` under the run's budget."""
+def _score_projection(run: Run, scores, solver: str = "knapsack") -> Projection:
+    """The formats that minimize the summed layer ``scores`` (kl or fisher) under the run's
+    budget: the kl / fisher baselines' choice, and the start of --dmx-init fisher."""
     problem = budget_problem(run.model)
     return project_scores(
         problem,

@@ -110,7 +110,7 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
     tag = ladder_tag(args.ladder) + rotated
     points = []
     if "float" in args.methods:
-        points.append(("float", common + ["--dmx-method", "float"]))  # refused when rotated
+        points.append(("float", common + ["--dmx-method", "float"]))
     formats = args.uniform_formats or ["e2m1", "e2m3", "e4m3"]
     if "uniform" in args.methods:
         for fmt in formats:
@@ -139,10 +139,7 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
     for path in args.format_maps:
         name = os.path.splitext(os.path.basename(path))[0]
         points.append(
-            (
-                f"map-{name}{rotated}",
-                common + ladder
-                + ["--dmx-format-map", os.path.abspath(path), "--dmx-skip-baselines"]))
+            (f"map-{name}{rotated}", common + ladder + ["--dmx-format-map", os.path.abspath(path)]))
     out = os.path.abspath(args.output)
     if args.retarget_from is not None and "dmx" in args.methods:
         source = os.path.join(out, "points", f"dmx-{tag}-{_target_label(args.retarget_from)}")

@@ -108,6 +108,28 @@ def local_text(n_lines: int = 400, seed: int = 0) -> str:
         for _ in range(n_lines)) + "\n"
 
 
+def tiny_run_argv(model, data, out, *extra):
+    """A brevitas_dmx_llm --dmx command line for a quick run on a tiny model and local text:
+    32-token windows, 16 calibration samples, 4 evaluation windows; ``extra`` adds or overrides
+    flags (argparse keeps the last value of a flag)."""
+    return [
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--seqlen",
+        "32",
+        "--nsamples",
+        "16",
+        "--dmx",
+        "--dmx-eval-windows",
+        "4",
+        "--dmx-output",
+        str(out),
+        *extra
+    ]
+
+
 def save_tiny_llama_folder(path, vocab_size: int = 96, seed: int = 0, add_bos: bool = False) -> str:
     """A tiny random Llama and a BPE tokenizer trained here, saved as a model folder. With
     ``add_bos`` the tokenizer puts ``<s>`` before every text, as Llama-3's and Gemma's do."""

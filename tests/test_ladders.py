@@ -7,6 +7,7 @@ import json
 
 import brevitas.nn as qnn
 from conftest import mx_stress_tensor
+from conftest import tiny_run_argv
 import pytest
 import torch
 
@@ -169,16 +170,10 @@ def test_chain_that_does_not_grow_is_refused_naming_the_flag(tiny_folder, capsys
 @pytest.mark.parametrize("method", ["dmx", "fisher"])
 def test_three_format_chain_run_ends_on_its_formats_within_budget(
         method, tiny_folder, text_file, tmp_path):
-    argv = [
-        "--model",
+    argv = tiny_run_argv(
         tiny_folder,
-        "--dataset",
         text_file,
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "16",
-        "--dmx",
+        tmp_path,
         "--dmx-method",
         method,
         "--dmx-ladder",
@@ -189,14 +184,9 @@ def test_three_format_chain_run_ends_on_its_formats_within_budget(
         "6",
         "--dmx-batch-size",
         "4",
-        "--dmx-eval-windows",
-        "4",
         "--dmx-sensitivity-samples",
         "2",
-        "--dmx-skip-baselines",
-        "--dmx-output",
-        str(tmp_path)
-    ]
+        "--dmx-skip-baselines")
     assert llm.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     formats = json.loads((tmp_path / "format_map.json").read_text())

@@ -6,6 +6,7 @@ the brevitas_dmx_llm entrypoint on a tiny local Llama."""
 import json
 import re
 
+from conftest import tiny_run_argv
 from conftest import write_tiny_task
 import pytest
 
@@ -245,24 +246,15 @@ def test_fisher_warm_start_begins_training_on_the_fisher_formats(
         started["raw"] = [float(o.raw_offset.detach()) for o in dmx.dmx_offsets(model)]
 
     monkeypatch.setattr(llm, "init_offsets", record_start)
-    common = [
-        "--model",
+    common = tiny_run_argv(
         tiny_folder,
-        "--dataset",
         text_file,
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "16",
-        "--dmx",
+        tmp_path,
         "--dmx-target-bits",
         "5.5",
-        "--dmx-eval-windows",
-        "4",
         "--dmx-sensitivity-samples",
         "2",
-        "--dmx-skip-baselines"
-    ]
+        "--dmx-skip-baselines")
     assert llm.main(common + ["--dmx-method", "fisher", "--dmx-output", str(tmp_path / "f")]) == 0
     fisher = json.loads((tmp_path / "f" / "format_map.json").read_text())
     argv = common + [

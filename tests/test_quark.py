@@ -9,6 +9,7 @@ import brevitas.nn as qnn
 from conftest import mx_stress_tensor
 from conftest import OCP_FORMATS
 from conftest import quantize_tiny_llama
+from conftest import tiny_run_argv
 import numpy as np
 import pytest
 import torch
@@ -197,25 +198,6 @@ def test_mxfp8_inputs_are_refused(tmp_path):
         export_quark(model, str(tmp_path))
 
 
-def _argv(tiny_folder, text_file, out, *extra):
-    return [
-        "--model",
-        tiny_folder,
-        "--dataset",
-        text_file,
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "16",
-        "--dmx",
-        "--dmx-eval-windows",
-        "4",
-        "--dmx-output",
-        str(out),
-        *extra
-    ]
-
-
 # A mixed map: MXFP4, MXFP6 E2M3 and MXFP6 E3M2 on different layers, weights and inputs, one
 # MXFP8 weight; q/k/v and gate/up of each block in one format.
 MIXED_MAP = {
@@ -244,7 +226,7 @@ def exported(tiny_folder, text_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("quark")
     path = root / "map.json"
     path.write_text(json.dumps(MIXED_MAP))
-    argv = _argv(
+    argv = tiny_run_argv(
         tiny_folder,
         text_file,
         root / "run",
@@ -283,7 +265,7 @@ def test_quark_checkpoint_logits_equal_the_finalized_model(exported):
 
 def test_export_quark_flag_needs_the_even_rule(
         tiny_folder, text_file, tmp_path, capsys, no_model_loading):
-    argv = _argv(
+    argv = tiny_run_argv(
         tiny_folder,
         text_file,
         tmp_path,
@@ -309,7 +291,7 @@ def test_export_quark_flag_needs_the_even_rule(
 )
 def test_export_quark_refuses_what_it_cannot_write_before_loading(
         extra, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
-    argv = _argv(
+    argv = tiny_run_argv(
         tiny_folder,
         text_file,
         tmp_path,

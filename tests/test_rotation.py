@@ -5,6 +5,7 @@
 import json
 
 from conftest import tiny_llama
+from conftest import tiny_run_argv
 import pytest
 import torch
 
@@ -53,16 +54,12 @@ def test_rotated_model_no_longer_ties_its_head():
 
 
 def _argv(model, data, out, method, *extra):
-    return [
-        "--model",
+    return tiny_run_argv(
         model,
-        "--dataset",
         data,
-        "--seqlen",
-        "32",
+        out,
         "--nsamples",
         "8",
-        "--dmx",
         "--dmx-method",
         method,
         "--dmx-target-bits",
@@ -71,17 +68,12 @@ def _argv(model, data, out, method, *extra):
         "4",
         "--dmx-batch-size",
         "4",
-        "--dmx-eval-windows",
-        "4",
         "--dmx-sensitivity-samples",
         "2",
         "--dmx-skip-baselines",
         "--rotation",
         "fused_no_fx",
-        "--dmx-output",
-        str(out),
-        *extra
-    ]
+        *extra)
 
 
 @pytest.mark.parametrize("method", ["dmx", "fisher"])

@@ -31,7 +31,7 @@ def tempered_offset(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness:
     ladder: ``sum_i L_i * sigmoid(c * T * ((raw - k_i) / L_i - 1/2))`` for the segment of length
     ``L_i`` from offset ``k_i``. One segment is the paper's sigmoid, unit segments its staircase.
     Elementwise: ``raw`` and ``temperature`` may be vectors of many offsets."""
-    if len(ladder.segments) == 1:
+    if len(ladder.segments) == 1:  # the sum below, without building the segment tensors
         span = ladder.span
         return span * torch.sigmoid(sharpness * temperature * (raw / span - 0.5))
     starts, lengths = _segment_tensors(ladder, raw)

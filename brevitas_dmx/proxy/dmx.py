@@ -32,11 +32,12 @@ def find_shared_offset(layer: nn.Module, proxy: nn.Module, ladder: str) -> Optio
     state dict is loaded; looking the sibling up through the layer is what lets the weight and
     input quantizers of one layer keep a single offset through both.
     """
+    path = get_ladder(ladder)  # a chain's name is parsed once, not once per sibling
     for child in layer.children():
         if child is proxy:
             continue
         quant = dmx_quant_of(child)
-        if quant is not None and quant.share_offset and quant.offset.ladder == get_ladder(ladder):
+        if quant is not None and quant.share_offset and quant.offset.ladder == path:
             return quant.offset
     return None
 
