@@ -27,11 +27,16 @@ import torch
 
 from brevitas_dmx.config import HUB_DATASETS
 
-# An offline source of real English text: the Wikipedia dump that the gensim wheel ships for its
-# tests, cleaned like WikiText (article titles as " = Title = " lines).
+# Offline sources of real English text, in the data the gensim wheel ships for its tests: a
+# Wikipedia dump, cleaned like WikiText (article titles as " = Title = " lines), and the Lee
+# corpus of 300 news articles (Australian Broadcasting Corporation), a second domain to evaluate on.
 GENSIM_ENWIKI = "enwiki-gensim"
-_GENSIM_FILE = (
-    "test", "test_data", "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+GENSIM_NEWS = "news-gensim"
+_GENSIM_FILES = {
+    GENSIM_ENWIKI: "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+    GENSIM_NEWS: "lee_background.cor",
+}
+GENSIM_TEXTS = tuple(_GENSIM_FILES)
 LOCAL_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -41,24 +46,37 @@ class DataError(ValueError):
 
 def check_dataset_name(name: str) -> None:
     """Fails fast (before any model is loaded) on an unusable ``--dataset``."""
-    if name in HUB_DATASETS or name == GENSIM_ENWIKI:
+    if name in HUB_DATASETS or name in GENSIM_TEXTS:
         return
     if not name.endswith(LOCAL_SUFFIXES):
         raise DataError(
-            f"--dataset {name!r}: use one of {', '.join(HUB_DATASETS)}, {GENSIM_ENWIKI} (offline "
-            f"Wikipedia text from the installed gensim package), or a local .txt / .jsonl file")
+            f"--dataset {name!r}: use one of {', '.join(HUB_DATASETS)}, {GENSIM_ENWIKI} or "
+            f"{GENSIM_NEWS} (offline Wikipedia or news text from the installed gensim package), "
+            f"or a local .txt / .jsonl file")
     if not os.path.isfile(name):
         raise DataError(f"--dataset {name!r}: file not found")
 
 
-def _gensim_enwiki_text() -> str:
+def _gensim_file(name: str) -> str:
+    """The path of the named text's file in the installed gensim package."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"--dataset {GENSIM_ENWIKI} needs the gensim package: pip install 'gensim==4.4.0'")
-    path = os.path.join(spec.submodule_search_locations[0], *_GENSIM_FILE)
+        raise DataError(f"--dataset {name} needs the gensim package: pip install 'gensim==4.4.0'")
+    path = os.path.join(
+        spec.submodule_search_locations[0], "test", "test_data", _GENSIM_FILES[name])
     if not os.path.isfile(path):
-        raise DataError(f"--dataset {GENSIM_ENWIKI}: {path} is missing from the gensim install")
+        raise DataError(f"--dataset {name}: {path} is missing from the gensim install")
+    return path
+
+
+def _gensim_news_text() -> str:
+    """The Lee corpus: one article per line, kept one per line."""
+    with open(_gensim_file(GENSIM_NEWS), encoding="utf-8") as f:
+        return "\n".join(line.strip() for line in f if line.strip())
+
+
+def _gensim_enwiki_text() -> str:
+    path = _gensim_file(GENSIM_ENWIKI)
     from gensim.corpora.wikicorpus import filter_wiki
     with bz2.open(path, "rt", encoding="utf-8") as f:
         xml = f.read()
@@ -80,10 +98,13 @@ def _gensim_enwiki_text() -> str:
 
 
 def load_text(name: str) -> str:
-    """The raw text of a local .txt / .jsonl file (field "text") or of ``enwiki-gensim``."""
+    """The raw text of a local .txt / .jsonl file (field "text"), ``enwiki-gensim`` or
+    ``news-gensim``."""
     check_dataset_name(name)
     if name == GENSIM_ENWIKI:
         return _gensim_enwiki_text()
+    if name == GENSIM_NEWS:
+        return _gensim_news_text()
     if name in HUB_DATASETS:
         raise DataError(f"{name} is a hub data set: it is loaded through Brevitas, not as text")
     if name.endswith(".jsonl"):

