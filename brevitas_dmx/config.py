@@ -16,8 +16,12 @@ METHODS = ("dmx", "kl", "fisher", "uniform", "mlp8", "float")
 SEARCHING_METHODS = ("dmx", "kl", "fisher")
 # Which average bit width a budget binds (``average_bits``'s ``weighting``).
 WEIGHTINGS = ("simple", "size", "memory")
-# How an offset becomes a format in training: the tempered sigmoid, or straight-through rounding.
-ROUNDINGS = ("anneal", "ste")
+# How an offset becomes a format in training: the tempered sigmoid, or straight-through rounding;
+# or the tempered sigmoid with the quantizer mixing the two formats of the ladder around it
+# instead of using the in-between format (blended, or one of the two drawn at random).
+ROUNDINGS = ("anneal", "ste", "blend", "sample")
+# The roundings whose quantizers mix the ladder's formats (``DMXFloatQuant``).
+KNOT_MIXTURES = ("blend", "sample")
 # Where the offsets start: every layer on the ladder's lowest format, or on the formats the
 # Fisher baseline picks for the budget (a warm start).
 INITS = ("low", "fisher")

@@ -109,6 +109,14 @@ class Ladder:
         }
         return slopes.pop() if len(slopes) == 1 else None
 
+    def segment_at(self, beta: float) -> int:
+        """The index of the segment that holds offset ``beta`` (a knot starts its segment; the
+        last knot and beyond belong to the last segment, offsets below 0 to the first)."""
+        for index, (start, length) in enumerate(self.segments):
+            if beta < start + length:
+                return index
+        return len(self.segments) - 1
+
     def widths(self, beta):
         """(exponent_bits, mantissa_bits) at offset ``beta`` (a float or a tensor)."""
         first = self.formats[0]

@@ -268,7 +268,8 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
 
 def set_rounding(model: nn.Module, rounding: str) -> None:
     """How training maps raw offsets to formats: "anneal" (the tempered F of the method) or
-    "ste" (straight-through rounding, the ablation the paper reports diverging)."""
+    "ste" (straight-through rounding, the ablation the paper reports diverging), or "blend" /
+    "sample" (the tempered F, with quantizers that mix the two ladder formats around it)."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"Unknown rounding {rounding!r}; choose one of {ROUNDINGS}.")
     for offset in dmx_offsets(model):

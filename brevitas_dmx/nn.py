@@ -37,6 +37,8 @@ def fused_quantizers(layer: qnn.QuantLinear):
     wq, xq = dmx_quant_of(layer.weight_quant), dmx_quant_of(layer.input_quant)
     if wq is None or xq is None or wq.is_pinned or xq.is_pinned:
         return None
+    if wq.mixes_formats or xq.mixes_formats:  # two quantizations per quantizer: the stock path
+        return None
     if wq.group_size != xq.group_size or layer.in_features % wq.group_size:
         return None
     if wq.group_dim not in (1, -1) or xq.group_dim != -1:

@@ -74,7 +74,8 @@ class DMXOffset(nn.Module):
         super().__init__()
         self.ladder = get_ladder(ladder)
         self.sharpness = float(sharpness)
-        # "anneal": the tempered F(raw, T); "ste": straight-through rounding (ablation).
+        # "anneal": the tempered F(raw, T); "ste": straight-through rounding (ablation);
+        # "blend" / "sample": F(raw, T), with the quantizers mixing the two formats around it.
         self.rounding = "anneal"
         self.raw_offset = nn.Parameter(torch.tensor(float(init), device=device))
         self.register_buffer(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import KNOT_MIXTURES
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import ElementFormat
@@ -132,8 +133,16 @@ class DMXFloatQuant(nn.Module):
     def _cache_key(self, x: Tensor, e: Tensor, m: Tensor):
         return (x.data_ptr(), x._version, x.shape, x.dtype, x.device, float(e), float(m))
 
+    @property
+    def mixes_formats(self) -> bool:
+        """True while training quantizes with a mixture of the ladder's formats (rounding
+        "blend" or "sample"), not with the in-between format of the offset."""
+        return self.training and not self.is_pinned and self.offset.rounding in KNOT_MIXTURES
+
     def forward(self, x: Tensor):
         self.last_input_shape = tuple(x.shape)
+        if self.mixes_formats:
+            return self._mixture(x)
         e, m = self.widths_on(x.device)
         use_cache = self.caches_eval_output and not self.training and not torch.is_grad_enabled()
         if not use_cache:
@@ -152,6 +161,31 @@ class DMXFloatQuant(nn.Module):
         y, scale = y.movedim(-1, block_axis), scale.movedim(-1, block_axis)
         bias = mx_exponent_bias(e)
         return y, scale, self.zero_point_impl(), e, m, bias, True, None, None
+
+    def _mixture(self, x: Tensor):
+        """Training on the ladder's real formats only. Between the formats L and H that bracket
+        the offset beta, at fraction t of the way: "blend" gives Q_L(x) + t (Q_H(x) - Q_L(x));
+        "sample" gives Q_H(x) with probability t, else Q_L(x) (drawn on every call), with the
+        blend's gradient. Either way d loss / d t = <d loss / d y, Q_H(x) - Q_L(x)>, a first-order
+        estimate of what moving to H gains, where the in-between format of "anneal" (E3M3
+        between E2M3 and E4M3) can be better than both formats a layer may end on."""
+        offset = self.offset
+        ladder = offset.ladder
+        beta = offset().to(x.device)
+        index = ladder.segment_at(float(beta.detach()))
+        start, length = ladder.segments[index]
+        t = ((beta - start) / length).clamp(0, 1)
+        if offset.rounding == "sample":
+            t = t + (torch.bernoulli(t.detach()) - t).detach()
+        quantized = []
+        for fmt in ladder.formats[index:index + 2]:
+            e = torch.tensor(float(fmt.exponent_bits), device=x.device)
+            m = torch.tensor(float(fmt.mantissa_bits), device=x.device)
+            quantized.append(self._quantize(x, e, m))
+        low, high = quantized
+        y = low[0] + t.to(low[0].dtype) * (high[0] - low[0])
+        e, m = ladder.widths(beta)
+        return (y,) + high[1:3] + (e, m, mx_exponent_bias(e)) + high[6:]
 
     def _load_from_state_dict(
             self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
