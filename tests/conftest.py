@@ -205,3 +205,12 @@ def no_model_loading(monkeypatch):
 
     from brevitas_dmx import models
     monkeypatch.setattr(models, "load_model", refuse)
+
+
+def run_formats_used(out) -> set:
+    """The formats a finished run's format_map.json puts its layers on."""
+    import json
+    import os
+    with open(os.path.join(out, "format_map.json")) as f:
+        formats = json.load(f)
+    return {fmt for layer in formats.values() for fmt in layer.values() if isinstance(fmt, str)}

@@ -7,6 +7,7 @@ import json
 
 import brevitas.nn as qnn
 from conftest import mx_stress_tensor
+from conftest import run_formats_used
 from conftest import tiny_run_argv
 import pytest
 import torch
@@ -189,8 +190,7 @@ def test_three_format_chain_run_ends_on_its_formats_within_budget(
         "--dmx-skip-baselines")
     assert llm.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    formats = json.loads((tmp_path / "format_map.json").read_text())
-    used = {fmt for layer in formats.values() for fmt in layer.values() if isinstance(fmt, str)}
+    used = run_formats_used(tmp_path)
     assert used <= {"e2m1", "e2m3", "e4m3"} and len(used) >= 2
     assert metrics["ladder"] == "e2m1,e2m3,e4m3"
     assert metrics["avg_bits"] <= 5.5 + 1e-9

@@ -5,6 +5,7 @@
 import json
 
 from conftest import quantize_tiny_llama
+from conftest import run_formats_used
 from conftest import tiny_run_argv
 import pytest
 import torch
@@ -110,7 +111,6 @@ def test_chain_run_with_a_mixture_ends_on_its_formats_within_budget(
         "--dmx-skip-baselines")
     assert llm.main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    formats = json.loads((tmp_path / "format_map.json").read_text())
-    used = {fmt for layer in formats.values() for fmt in layer.values() if isinstance(fmt, str)}
+    used = run_formats_used(tmp_path)
     assert used <= {"e2m1", "e2m3", "e4m3"}
     assert metrics["avg_bits"] <= 5.5 + 1e-9
