@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=128)
     parser.add_argument("--output", default="runs/path_formats")
     args = parser.parse_args()
+    ladder = get_ladder(args.ladder)
     argv = [
         "--model",
         args.model,
@@ -42,7 +43,7 @@ def main() -> None:
         "--dmx-ladder",
         args.ladder,
         "--dmx-target-bits",
-        str(get_ladder(args.ladder).max_bits),
+        str(ladder.max_bits),
         "--seqlen",
         str(args.seqlen),
         "--nsamples",
@@ -58,7 +59,7 @@ def main() -> None:
     llm._load(run)
     llm._quantize(run)
     for beta in (float(b) for b in args.betas.split(",")):
-        e, m = get_ladder(args.ladder).widths(beta)
+        e, m = ladder.widths(beta)
         # Pinned widths win over the offset, and evaluation (eval mode) keeps them.
         for quant in run.model.modules():
             if isinstance(quant, DMXFloatQuant):

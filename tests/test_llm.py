@@ -5,6 +5,7 @@
 import json
 import os
 
+from conftest import tiny_run_argv
 import pytest
 import torch
 
@@ -12,16 +13,10 @@ from brevitas_dmx import llm
 
 
 def _argv(model, data, out, *extra):
-    return [
-        "--model",
+    return tiny_run_argv(
         model,
-        "--dataset",
         data,
-        "--seqlen",
-        "32",
-        "--nsamples",
-        "16",
-        "--dmx",
+        out,
         "--dmx-target-bits",
         "6",
         "--dmx-steps",
@@ -30,10 +25,7 @@ def _argv(model, data, out, *extra):
         "4",
         "--dmx-eval-windows",
         "6",
-        "--dmx-output",
-        str(out),
-        *extra
-    ]
+        *extra)
 
 
 @pytest.fixture(scope="module")

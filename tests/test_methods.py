@@ -16,22 +16,10 @@ from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.solver.projection import init_offsets
 
-SETTINGS = [
-    "--seqlen",
-    "32",
-    "--nsamples",
-    "16",
-    "--dmx",
-    "--dmx-eval-windows",
-    "4",
-    "--dmx-sensitivity-samples",
-    "4"
-]
-
 
 def run(tiny_folder, text_file, out, *extra):
-    argv = ["--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(out)]
-    assert llm.main(argv + list(extra)) == 0
+    argv = tiny_run_argv(tiny_folder, text_file, out, "--dmx-sensitivity-samples", "4", *extra)
+    assert llm.main(argv) == 0
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -89,9 +77,7 @@ def test_format_map_file_pins_the_listed_formats(tiny_folder, text_file, tmp_pat
 
 
 def test_format_map_over_the_target_is_refused(tiny_folder, text_file, tmp_path, capsys):
-    argv = [
-        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
-    ]
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-sensitivity-samples", "4")
     code = llm.main(
         argv + ["--dmx-method", "uniform", "--dmx-format", "e4m3", "--dmx-target-bits", "6"])
     assert code == 2
@@ -162,9 +148,7 @@ def test_zero_shot_accuracy_is_reported(tiny_folder, text_file, tmp_path, task_f
 )
 def test_bad_method_input_fails_before_loading(
         extra, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
-    argv = [
-        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
-    ]
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-sensitivity-samples", "4")
     assert llm.main(argv + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("brevitas_dmx_llm: error:") and re.search(message, err), err
@@ -185,9 +169,7 @@ def test_bad_format_map_file_fails_before_loading(
         content, message, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
     path = tmp_path / "map.json"
     path.write_text(content)
-    argv = [
-        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
-    ]
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-sensitivity-samples", "4")
     assert llm.main(argv + ["--dmx-format-map", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("brevitas_dmx_llm: error: --dmx-format-map") and message in err, err
@@ -205,9 +187,7 @@ def test_format_map_of_unknown_layers_fails_before_the_float_evaluation(
         json.dumps({
             "model.layers.0.mlp.up_proj": "e4m3", "model.layers.9.mlp": "e4m3"
         }))
-    argv = [
-        "--model", tiny_folder, "--dataset", text_file, *SETTINGS, "--dmx-output", str(tmp_path)
-    ]
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-sensitivity-samples", "4")
     assert llm.main(argv + ["--dmx-format-map", str(path)]) == 2
     err = capsys.readouterr().err
     assert "names layers that" in err and "['model.layers.9.mlp']" in err, err
