@@ -159,8 +159,12 @@ LADDERS: Dict[str, Ladder] = {
         _chain("mxfp8-mxfp6-mxfp4", "e2m1", "e3m2", "e4m3"),
         _chain("e2m1,e2m3,e4m3", "e2m1", "e2m3", "e4m3"),)
 }
-# The ladder a run uses unless told otherwise (BENCHMARKS.md, 'Which ladder?').
-DEFAULT_LADDER = "e2m1,e2m3,e4m3"
+# The chain the default ladder is cut from: MXFP4, the better MXFP6, MXFP8.
+DEFAULT_CHAIN = "e2m1,e2m3,e4m3"
+# The default ladder: the two formats of DEFAULT_CHAIN around the run's target
+# (``ladder_for_target``; BENCHMARKS.md, 'Which ladder?').
+AUTO_LADDER = "auto"
+DEFAULT_LADDER = AUTO_LADDER
 
 
 def ladder(name: str) -> Ladder:
@@ -187,3 +191,26 @@ def ladder(name: str) -> Ladder:
         if known.formats == formats:
             return known
     return Ladder(",".join(f.name for f in formats), formats)
+
+
+def ladder_for_target(
+        target_bits: Optional[float],
+        scale_bits: float = 0.0,
+        chain: str = DEFAULT_CHAIN) -> Ladder:
+    """The two consecutive formats of ``chain`` around ``target_bits``: the cheapest format that
+    reaches the target (its bits plus ``scale_bits`` per element) and the one below it. The whole
+    chain without a target. A target outside the chain gets its nearest end segment, which the
+    budget check then refuses.
+
+    Why not the whole chain: a layer's continuous format between two formats of a segment can
+    beat both (E3M3 between E2M3 and E4M3 does, on SmolLM2), so training on a wide chain favours
+    offsets no layer can end on; below the MXFP6 cost, E4M3 layers also cost two bits each that
+    E2M1 layers must pay back (BENCHMARKS.md, 'Which ladder?')."""
+    full = ladder(chain)
+    if target_bits is None:
+        return full
+    formats = full.formats
+    segments = list(zip(formats, formats[1:]))
+    low, high = next(
+        ((lo, hi) for lo, hi in segments if target_bits <= hi.bits + scale_bits), segments[-1])
+    return ladder(f"{low.name},{high.name}")

@@ -60,9 +60,13 @@ from brevitas_dmx.export import save_pretrained
 from brevitas_dmx.export.quark import check_fused_layers
 from brevitas_dmx.export.quark import QUARK_INPUT_FORMATS
 from brevitas_dmx.export.quark import QUARK_WEIGHT_FORMATS
+from brevitas_dmx.formats import AUTO_LADDER
+from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
+from brevitas_dmx.formats import Ladder
 from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.formats import ladder_for_target
 from brevitas_dmx.functional import enable_compile
 from brevitas_dmx.llm_args import build_parser
 from brevitas_dmx.llm_args import check_ranges
@@ -177,13 +181,18 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
 def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     """The method's own flags: its format or format map, the offsets it re-targets, its budget.
     Returns the method ("map" for a format map) and the format map, read and checked."""
+    scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
     try:
-        ladder = get_ladder(args.dmx_ladder)
+        ladder = _run_ladder(args, scale, pending)
     except ValueError as err:
         raise UsageError(f"--dmx-ladder: {err}") from None
+    args.dmx_ladder_auto = args.dmx_ladder == AUTO_LADDER  # a sweep's points share one series
+    # a target outside auto's chain is outside every segment of it: say the chain's range
+    reach = get_ladder(
+        DEFAULT_CHAIN) if args.dmx_ladder_auto and not args.dmx_retarget_from else ladder
+    reach_name = f"auto ({reach.name})" if reach is not ladder else ladder.name
     args.dmx_ladder = ladder.name  # one name per chain in metrics, results and labels
-    scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
-    low, high = ladder.min_bits + scale, ladder.max_bits + scale
+    low, high = reach.min_bits + scale, reach.max_bits + scale
     file_map = None
     if args.dmx_format_map is not None:
         if args.dmx_method != "dmx":
@@ -209,11 +218,11 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     if method in SEARCHING_METHODS and args.dmx_target_bits is None:
         raise UsageError(
             f"--dmx-method {method} needs --dmx-target-bits, between {low:g} and {high:g} for "
-            f"--dmx-ladder {ladder.name}")
+            f"--dmx-ladder {reach_name}")
     if method in SEARCHING_METHODS and not low <= args.dmx_target_bits <= high:
         raise UsageError(
             f"--dmx-target-bits {args.dmx_target_bits:g} is outside what --dmx-ladder "
-            f"{ladder.name} can reach: {low:g} to {high:g} bits"
+            f"{reach_name} can reach: {low:g} to {high:g} bits"
             + (" (with scale bits)" if scale else ""))
     if method == "uniform" and args.dmx_target_bits is not None:
         bits = element_format(args.dmx_format).bits + scale
@@ -222,6 +231,34 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
                 f"--dmx-format {args.dmx_format} needs {bits:g} bits, over --dmx-target-bits "
                 f"{args.dmx_target_bits:g}")
     return method, file_map
+
+
+def _run_ladder(args, scale: float, pending=()) -> Ladder:
+    """The run's ladder: the one named, or for ``auto`` the default chain's two formats around
+    the target (re-targeted offsets keep the ladder they were learned on)."""
+    source = args.dmx_retarget_from
+    learned = None
+    if source is not None and os.path.abspath(source) not in pending:
+        learned = _source_ladder(source)
+    if args.dmx_ladder == AUTO_LADDER:
+        if learned is not None:
+            return get_ladder(learned)
+        return ladder_for_target(args.dmx_target_bits, scale)
+    named = get_ladder(args.dmx_ladder)
+    if learned is not None and get_ladder(learned).name != named.name:
+        raise ValueError(
+            f"{named.name}, but the offsets of --dmx-retarget-from {source!r} were learned on "
+            f"{get_ladder(learned).name}: name that ladder, or leave --dmx-ladder at auto")
+    return named
+
+
+def _source_ladder(run_dir: str) -> Optional[str]:
+    """The ladder a finished run's offsets were learned on, from its args.json (None if absent)."""
+    path = os.path.join(run_dir, "args.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("dmx_ladder")
 
 
 def _check_rotation(args) -> None:
@@ -742,6 +779,7 @@ def _load(run: Run) -> None:
         "method": run.method if run.method != "map" else f"map:{args.dmx_format_map}",
         "target_bits": args.dmx_target_bits,
         "ladder": args.dmx_ladder,
+        "ladder_auto": getattr(args, "dmx_ladder_auto", False),
         "average": args.dmx_average,
         "budget_with_scales": args.dmx_budget_with_scales,
         "rotation": _rotation_name(args),
@@ -1007,11 +1045,11 @@ def append_result(path: str, metrics: Dict, args) -> None:
     """One JSON line per run: what a sweep needs to draw its table and plot."""
     record = {
         key: metrics.get(key) for key in (
-            "model", "dataset", "method", "ladder", "target_bits", "average", "budget_with_scales",
-            "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits", "format_counts",
-            "search_time_s", "zero_shot_time_s", "total_time_s", "device", "retargeted_from",
-            "retargeted_steps", "init", "rotation", "eval_windows", "eval_fingerprint",
-            "window_nll")
+            "model", "dataset", "method", "ladder", "ladder_auto", "target_bits", "average",
+            "budget_with_scales", "float_ppl", "quant_ppl", "gap_closed", "accuracy", "bits",
+            "format_counts", "search_time_s", "zero_shot_time_s", "total_time_s", "device",
+            "retargeted_from", "retargeted_steps", "init", "rotation", "eval_windows",
+            "eval_fingerprint", "window_nll")
     }
     record.update(
         label=args.dmx_label,

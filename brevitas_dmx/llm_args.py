@@ -32,6 +32,7 @@ from brevitas_dmx.config import ROUNDINGS
 from brevitas_dmx.config import SCALE_RULES
 from brevitas_dmx.config import TIE_CHOICES
 from brevitas_dmx.config import WEIGHTINGS
+from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import LADDERS
 
@@ -178,8 +179,10 @@ class DMXArguments(BudgetArguments):
         metadata={
             "help":
                 "The formats a layer can end in, lowest first: a chain of MX element formats "
-                "that grows in bits (e.g. e2m1,e2m3,e4m3 or e2m1,e4m3) or a named ladder ("
-                + ", ".join(LADDER_NAMES) + "). Default: %(default)s."
+                "that grows in bits (e.g. e2m1,e2m3,e4m3 or e2m1,e4m3), a named ladder ("
+                + ", ".join(LADDER_NAMES) + "), or auto (the default): the two formats of "
+                + DEFAULT_CHAIN + " around --dmx-target-bits (e2m1,e2m3 up to the MXFP6 cost, "
+                "e2m3,e4m3 above it; the whole chain without a target)."
         })
     dmx_regularizer: str = field(
         default="target",

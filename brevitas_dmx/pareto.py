@@ -27,9 +27,12 @@ from typing import Dict, List, Optional, Tuple
 
 from brevitas_dmx import llm
 from brevitas_dmx.evaluate import paired_ratio
+from brevitas_dmx.formats import AUTO_LADDER
 from brevitas_dmx.formats import DEFAULT_LADDER
+from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.formats import ladder_for_target
 
 # By name: run as ``python -m brevitas_dmx.pareto`` this module is __main__.
 logger = logging.getLogger("brevitas_dmx.pareto")
@@ -50,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ladder",
         default=DEFAULT_LADDER,
-        help="As brevitas_dmx_llm --dmx-ladder: a chain of formats, lowest first, or a named "
-        "ladder (default: %(default)s).")
+        help="As brevitas_dmx_llm --dmx-ladder: a chain of formats, lowest first, a named "
+        "ladder, or auto (default): the default chain's two formats around each target.")
     parser.add_argument(
         "--targets", type=float, nargs="+", default=[], help="Bit budgets (kl, fisher, dmx).")
     parser.add_argument(
@@ -97,8 +100,20 @@ def _target_label(target: float) -> str:
 
 
 def ladder_tag(name: str) -> str:
-    """The ladder as it appears in point labels and folder names: 'e2m1-e2m3-e4m3'."""
+    """The ladder as it appears in point labels and folder names: 'e2m1-e2m3-e4m3' ('auto' for
+    the default, whose ladder each point's target picks)."""
+    if name == AUTO_LADDER:
+        return AUTO_LADDER
     return get_ladder(name).name.replace(",", "-")
+
+
+def _source_ladder(args, llm_argv: List[str]) -> List[str]:
+    """The ladder flag of the points re-targeted from --retarget-from: the ladder that point's
+    offsets are learned on (auto picks it from the source's target, not each point's)."""
+    if args.ladder != AUTO_LADDER:
+        return ["--dmx-ladder", args.ladder]
+    scale = 0.0 if "--no-dmx-budget-with-scales" in llm_argv else E8M0_SCALE_BITS / 32
+    return ["--dmx-ladder", ladder_for_target(args.retarget_from, scale).name]
 
 
 def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
@@ -152,7 +167,7 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
             points.append(
                 (
                     label,
-                    common + ladder + [
+                    common + _source_ladder(args, llm_argv) + [
                         "--dmx-method",
                         "dmx",
                         "--dmx-target-bits",
@@ -218,16 +233,17 @@ def _method_series(record: Dict) -> str:
         return re.sub(r"-\d+(\.\d+)?$", "", name)
     seed = record.get("seed")
     seed = f" seed {seed}" if seed not in (None, 0) else ""
+    ladder = AUTO_LADDER if record.get("ladder_auto") else record["ladder"]
     if record.get("retargeted_from"):
         steps = record.get("retargeted_steps")
         trained = f" from {steps} steps" if steps is not None else ""
-        return f"dmx retargeted{trained} ({record['ladder']}){seed}"
+        return f"dmx retargeted{trained} ({ladder}){seed}"
     if method == "dmx" and record.get("init", "low") != "low":  # warm starts apart
         seed = f" from {record['init']}{seed}"
     if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
-        return f"dmx {record['steps']} steps ({record['ladder']}){seed}"
+        return f"dmx {record['steps']} steps ({ladder}){seed}"
     if method in ("kl", "fisher", "dmx"):
-        return f"{method} ({record['ladder']}){seed}"
+        return f"{method} ({ladder}){seed}"
     return method
 
 
@@ -432,7 +448,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ValueError as err:
             parser.error(f"--uniform-formats: {err}")
         try:
-            get_ladder(args.ladder)
+            if args.ladder != AUTO_LADDER:
+                get_ladder(args.ladder)
         except ValueError as err:
             parser.error(f"--ladder: {err}")
         os.makedirs(args.output, exist_ok=True)

@@ -104,7 +104,7 @@ def test_two_processes_give_the_single_process_result(runs):
     for key in ("float_ppl",
                 "quant_ppl",
                 "uniform_mxfp4_e2m1_ppl",
-                "uniform_mxfp8_e4m3_ppl",
+                "uniform_mxfp6_e2m3_ppl",
                 "avg_bits",
                 "avg_bits_with_scales",
                 "learned_avg_bits"):

@@ -16,8 +16,10 @@ from brevitas_dmx import llm
 from brevitas_dmx.core.offset import discrete_offset
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.offset import tempered_offset
+from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import FORMATS
 from brevitas_dmx.formats import ladder
+from brevitas_dmx.formats import ladder_for_target
 from brevitas_dmx.formats import LADDERS
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import fixed_mx_quantizer
@@ -194,3 +196,75 @@ def test_three_format_chain_run_ends_on_its_formats_within_budget(
     assert used <= {"e2m1", "e2m3", "e4m3"} and len(used) >= 2
     assert metrics["ladder"] == "e2m1,e2m3,e4m3"
     assert metrics["avg_bits"] <= 5.5 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "target, scale, expected",
+    [
+        (4.5, 0.25, ("e2m1", "e2m3")),
+        (6.25, 0.25, ("e2m1", "e2m3")),  # uniform E2M3 meets it
+        (6.3, 0.25, ("e2m3", "e4m3")),
+        (8.25, 0.25, ("e2m3", "e4m3")),
+        (6.0, 0.0, ("e2m1", "e2m3")),
+        (6.1, 0.0, ("e2m3", "e4m3")),
+    ])
+def test_auto_ladder_is_the_default_chain_segment_around_the_target(target, scale, expected):
+    chosen = ladder_for_target(target, scale)
+    assert tuple(f.name for f in chosen.formats) == expected
+
+
+def test_auto_ladder_without_a_target_is_the_whole_chain():
+    assert ladder_for_target(None) == ladder(DEFAULT_CHAIN)
+
+
+def _auto_run(model, data, out, target, *extra):
+    return tiny_run_argv(
+        model,
+        data,
+        out,
+        "--dmx-target-bits",
+        target,
+        "--dmx-steps",
+        "2",
+        "--dmx-batch-size",
+        "4",
+        "--dmx-skip-baselines",
+        *extra)
+
+
+def test_default_run_trains_on_the_segment_around_its_target(tiny_folder, text_file, tmp_path):
+    assert llm.main(_auto_run(tiny_folder, text_file, tmp_path, "5.5")) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["ladder"] == "mxfp6-mxfp4" and metrics["ladder_auto"] is True
+    assert run_formats_used(tmp_path) <= {"e2m1", "e2m3"}
+
+
+@pytest.fixture(scope="module")
+def auto_source(tiny_folder, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto-source")
+    assert llm.main(_auto_run(tiny_folder, text_file, out, "5")) == 0
+    return out
+
+
+def test_auto_retarget_keeps_the_ladder_the_offsets_learned_on(
+        auto_source, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    # 7 bits alone would pick e2m3,e4m3; the offsets learned at 5 bits are on e2m1,e2m3
+    argv = _auto_run(tiny_folder, text_file, tmp_path, "7", "--dmx-retarget-from", str(auto_source))
+    assert llm.main(argv) == 2
+    assert "--dmx-ladder mxfp6-mxfp4 can reach: 4.25 to 6.25" in capsys.readouterr().err
+
+
+def test_retarget_on_another_ladder_is_refused_naming_both(
+        auto_source, tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = _auto_run(
+        tiny_folder,
+        text_file,
+        tmp_path,
+        "5",
+        "--dmx-retarget-from",
+        str(auto_source),
+        "--dmx-ladder",
+        "e2m1,e4m3")
+    assert llm.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--dmx-ladder: mxfp8-mxfp4, but the offsets" in err and "mxfp6-mxfp4" in err

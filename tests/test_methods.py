@@ -12,7 +12,6 @@ import pytest
 
 from brevitas_dmx import llm
 import brevitas_dmx as dmx
-from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.solver.projection import init_offsets
 
@@ -243,14 +242,14 @@ def test_fisher_warm_start_begins_training_on_the_fisher_formats(
     assert llm.main(argv) == 0
     assert sorted(set(started["raw"])) == sorted(set(float(b) for b in started["betas"]))
     assert len(set(started["betas"])) > 1  # the budget mixes formats, so the start is not uniform
-    ladder = get_ladder(DEFAULT_LADDER)
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    ladder = get_ladder(metrics["ladder"])  # the default chain's segment around the target
     fisher_betas = [
         ladder.knots[[f.name
                       for f in ladder.formats].index(fisher[name]["weight"])]
         for name in sorted(fisher)
     ]
     assert sorted(fisher_betas) == sorted(started["betas"])
-    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert metrics["init"] == "fisher"
 
 

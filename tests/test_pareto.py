@@ -57,17 +57,13 @@ def finished_sweep(tiny_folder, text_file, tmp_path_factory):
 
 def test_sweep_runs_every_point_once(finished_sweep):
     assert labels(finished_sweep) == [
-        "float",
-        "uniform-e2m1",
-        "uniform-e4m3",
-        "fisher-e2m1-e2m3-e4m3-5",
-        "fisher-e2m1-e2m3-e4m3-6"
+        "float", "uniform-e2m1", "uniform-e4m3", "fisher-auto-5", "fisher-auto-6"
     ]
 
 
 def test_sweep_writes_table_and_plot(finished_sweep):
     table = (finished_sweep / "pareto.md").read_text()
-    assert "| fisher-e2m1-e2m3-e4m3-5 | fisher | 5 |" in table
+    assert "| fisher-auto-5 | fisher | 5 |" in table
     assert "gap closed" in table
     assert (finished_sweep / "pareto.png").stat().st_size > 0
 
@@ -101,12 +97,12 @@ def test_interrupted_sweep_runs_only_the_missing_points(
 
     monkeypatch.setattr(llm, "run", counting)
     assert pareto.main(sweep_argv(tiny_folder, text_file, tmp_path)) == 0
-    assert ran == ["fisher-e2m1-e2m3-e4m3-5", "fisher-e2m1-e2m3-e4m3-6"]
+    assert ran == ["fisher-auto-5", "fisher-auto-6"]
     assert len(labels(tmp_path)) == 5
 
 
 def test_interrupted_dmx_point_resumes_its_training(tiny_folder, text_file, tmp_path):
-    (tmp_path / "points" / "dmx-e2m1-e2m3-e4m3-5" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "points" / "dmx-auto-5" / "checkpoints").mkdir(parents=True)
     args = pareto.build_parser().parse_args(
         [
             "--model",
@@ -118,8 +114,8 @@ def test_interrupted_dmx_point_resumes_its_training(tiny_folder, text_file, tmp_
             "--output",
             str(tmp_path)
         ])
-    argv = dict(pareto.plan_points(args, []))["dmx-e2m1-e2m3-e4m3-5"]
-    assert argv[argv.index("--dmx-resume") + 1].endswith("dmx-e2m1-e2m3-e4m3-5")
+    argv = dict(pareto.plan_points(args, []))["dmx-auto-5"]
+    assert argv[argv.index("--dmx-resume") + 1].endswith("dmx-auto-5")
     assert "--dmx-output" not in argv
 
 
@@ -161,7 +157,7 @@ def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
     records = {
         r["label"]: r for r in pareto.read_results(str(finished_sweep / pareto.RESULTS_FILE))
     }
-    first, second = records["fisher-e2m1-e2m3-e4m3-5"], records["fisher-e2m1-e2m3-e4m3-6"]
+    first, second = records["fisher-auto-5"], records["fisher-auto-6"]
     assert first["search_time_s"] > 0
     assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)
 
@@ -189,16 +185,14 @@ def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
 
 
 def test_retarget_points_reuse_the_learned_offsets(retarget_sweep):
-    assert labels(retarget_sweep) == [
-        "dmx-e2m1-e2m3-e4m3-5", "dmx-e2m1-e2m3-e4m3-6", "retarget-e2m1-e2m3-e4m3-6-from-5"
-    ]
+    assert labels(retarget_sweep) == ["dmx-auto-5", "dmx-auto-6", "retarget-auto-6-from-5"]
     records = {r["label"]: r for r in pareto.read_results(str(retarget_sweep / "results.jsonl"))}
-    point = records["retarget-e2m1-e2m3-e4m3-6-from-5"]
-    assert point["retargeted_from"].endswith("dmx-e2m1-e2m3-e4m3-5")
-    assert point["steps"] is None and records["dmx-e2m1-e2m3-e4m3-5"]["steps"] == 3
+    point = records["retarget-auto-6-from-5"]
+    assert point["retargeted_from"].endswith("dmx-auto-5")
+    assert point["steps"] is None and records["dmx-auto-5"]["steps"] == 3
     assert point["bits"][point["average"]] <= 6
     assert point["retargeted_steps"] == 3
-    assert pareto._series(point) == "dmx retargeted from 3 steps (e2m1,e2m3,e4m3)"
+    assert pareto._series(point) == "dmx retargeted from 3 steps (mxfp6-mxfp4)"
 
 
 def _retarget_argv(model, data, source):
@@ -217,7 +211,7 @@ def _retarget_argv(model, data, source):
 
 def test_retarget_to_the_trained_target_gives_the_trained_map(
         retarget_sweep, tiny_folder, text_file, tmp_path):
-    source = retarget_sweep / "points" / "dmx-e2m1-e2m3-e4m3-5"
+    source = retarget_sweep / "points" / "dmx-auto-5"
     argv = _retarget_argv(tiny_folder, text_file, source) + [
         "--dmx-output", str(tmp_path / "again"), "--dmx-skip-baselines"
     ] + LLM_ARGS[1:]
@@ -293,8 +287,8 @@ def test_report_compares_dmx_with_the_baselines_on_the_same_windows(
         ["--model", "m", "--dataset", "d", "--output", str(tmp_path), "--report-only"]) == 0
     report = (tmp_path / "pareto.md").read_text()
     assert "Paired comparison" in report
-    assert "| dmx-e2m1-e2m3-e4m3-5 | e2m1,e2m3,e4m3 | 5 |" in report
-    assert "| fisher-e2m1-e2m3-e4m3-6 |" in report.split("Paired comparison")[1]
+    assert "| dmx-auto-5 | mxfp6-mxfp4 | 5 |" in report
+    assert "| fisher-auto-6 |" in report.split("Paired comparison")[1]
 
 
 def test_sweep_evaluates_the_float_model_once(finished_sweep):
@@ -312,8 +306,7 @@ def test_runs_with_another_seed_are_separate_lines():
 
 def test_format_maps_are_evaluated_as_points_of_their_own(
         finished_sweep, tiny_folder, text_file, tmp_path):
-    fmap = json.loads(
-        (finished_sweep / "points" / "fisher-e2m1-e2m3-e4m3-5" / "format_map.json").read_text())
+    fmap = json.loads((finished_sweep / "points" / "fisher-auto-5" / "format_map.json").read_text())
     path = tmp_path / "other-tool-5.json"
     path.write_text(json.dumps(fmap))
     argv = [
@@ -333,7 +326,7 @@ def test_format_maps_are_evaluated_as_points_of_their_own(
         r["label"]: r for r in pareto.read_results(str(tmp_path / "sweep" / "results.jsonl"))
     }
     fisher = {r["label"]: r for r in pareto.read_results(str(finished_sweep / "results.jsonl"))}
-    same = fisher["fisher-e2m1-e2m3-e4m3-5"]
+    same = fisher["fisher-auto-5"]
     assert records["map-other-tool-5"]["bits"] == same["bits"]
     assert records["map-other-tool-5"]["quant_ppl"] == pytest.approx(same["quant_ppl"], rel=1e-6)
 
@@ -341,3 +334,25 @@ def test_format_maps_are_evaluated_as_points_of_their_own(
 def test_format_maps_named_by_target_draw_one_line_per_tool():
     records = [{"method": f"map:/maps/modelopt-gradient-{t}.json"} for t in ("5", "5.5", "7")]
     assert {pareto._series(r) for r in records} == {"modelopt-gradient"}
+
+
+def test_retarget_points_of_an_auto_sweep_name_the_source_ladder(tiny_folder, text_file, tmp_path):
+    args = pareto.build_parser().parse_args(
+        [
+            "--model",
+            tiny_folder,
+            "--dataset",
+            text_file,
+            "--methods",
+            "dmx",
+            "--targets",
+            "6",
+            "8",
+            "--retarget-from",
+            "8",
+            "--output",
+            str(tmp_path)
+        ])
+    argv = dict(pareto.plan_points(args, []))["retarget-auto-6-from-8"]
+    # the segment around 8 bits, where the offsets learn; 6 bits alone would pick e2m1,e2m3
+    assert argv[argv.index("--dmx-ladder") + 1] == "e2m3,e4m3"

@@ -284,7 +284,7 @@ def test_export_quark_flag_needs_the_even_rule(
     [
         (["--dmx-target-bits", "5"], "add --dmx-tie qkv-gateup"),
         (
-            ["--dmx-target-bits", "5", "--dmx-tie", "qkv-gateup"],
+            ["--dmx-target-bits", "5", "--dmx-tie", "qkv-gateup", "--dmx-ladder", "e2m1,e2m3,e4m3"],
             "this run can give e4m3 inputs. Use --dmx-ladder mxfp6-mxfp4"),
         (["--dmx-method", "uniform", "--dmx-format", "e5m2"], "this run can give e5m2, e5m2"),
     ],

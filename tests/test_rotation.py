@@ -133,7 +133,7 @@ def test_pareto_labels_rotated_points_apart(tiny_folder, text_file, tmp_path):
             str(tmp_path)
         ])
     labels = [label for label, _ in pareto.plan_points(args, ["--rotation", "fused_no_fx"])]
-    assert "fisher-e2m1-e2m3-e4m3-rotated-5" in labels and "uniform-e2m1-rotated" in labels
+    assert "fisher-auto-rotated-5" in labels and "uniform-e2m1-rotated" in labels
 
 
 def test_rotated_results_are_a_series_of_their_own():
