@@ -162,24 +162,28 @@ def test_points_reusing_cached_scores_report_the_scoring_time(finished_sweep):
     assert second["search_time_s"] == pytest.approx(first["search_time_s"], rel=0.5)
 
 
-@pytest.fixture(scope="module")
-def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("retarget")
-    argv = [
+def _retarget_sweep_argv(model, data, out, targets, source):
+    return [
         "--model",
-        tiny_folder,
+        model,
         "--dataset",
-        text_file,
+        data,
         "--methods",
         "dmx",
         "--targets",
-        "5",
-        "6",
+        *targets,
         "--retarget-from",
-        "5",
+        source,
         "--output",
         str(out)
-    ] + LLM_ARGS + ["--dmx-steps", "3", "--dmx-batch-size", "2"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def retarget_sweep(tiny_folder, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("retarget")
+    argv = _retarget_sweep_argv(tiny_folder, text_file, out, ["5", "6"], "5")
+    argv += LLM_ARGS + ["--dmx-steps", "3", "--dmx-batch-size", "2"]
     assert pareto.main(argv) == 0
     return out
 
@@ -337,22 +341,8 @@ def test_format_maps_named_by_target_draw_one_line_per_tool():
 
 
 def test_retarget_points_of_an_auto_sweep_name_the_source_ladder(tiny_folder, text_file, tmp_path):
-    args = pareto.build_parser().parse_args(
-        [
-            "--model",
-            tiny_folder,
-            "--dataset",
-            text_file,
-            "--methods",
-            "dmx",
-            "--targets",
-            "6",
-            "8",
-            "--retarget-from",
-            "8",
-            "--output",
-            str(tmp_path)
-        ])
-    argv = dict(pareto.plan_points(args, []))["retarget-auto-6-from-8"]
+    argv = _retarget_sweep_argv(tiny_folder, text_file, tmp_path, ["6", "8"], "8")
+    args = pareto.build_parser().parse_args(argv)
+    point = dict(pareto.plan_points(args, []))["retarget-auto-6-from-8"]
     # the segment around 8 bits, where the offsets learn; 6 bits alone would pick e2m1,e2m3
-    assert argv[argv.index("--dmx-ladder") + 1] == "e2m3,e4m3"
+    assert point[point.index("--dmx-ladder") + 1] == "e2m3,e4m3"
