@@ -22,6 +22,10 @@ WEIGHTINGS = ("simple", "size", "memory")
 ROUNDINGS = ("anneal", "ste", "blend", "sample")
 # The roundings whose quantizers mix the ladder's formats (``DMXFloatQuant``).
 KNOT_MIXTURES = ("blend", "sample")
+# The command's default: sample on a ladder whose formats share one mantissa width (only the
+# exponent grows, as from E2M3 to E4M3), anneal on any other (``rounding_for_ladder``).
+AUTO_ROUNDING = "auto"
+ROUNDING_CHOICES = (AUTO_ROUNDING,) + ROUNDINGS
 # Where the offsets start: every layer on the ladder's lowest format, or on the formats the
 # Fisher baseline picks for the budget (a warm start).
 INITS = ("low", "fisher")

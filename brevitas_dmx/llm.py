@@ -39,6 +39,7 @@ from brevitas_dmx.baselines import kl_sensitivity
 from brevitas_dmx.baselines import linear_layers
 from brevitas_dmx.baselines import mlp_high_map
 from brevitas_dmx.baselines import unit_scores
+from brevitas_dmx.config import AUTO_ROUNDING
 from brevitas_dmx.config import HUB_DATASETS
 from brevitas_dmx.config import SEARCHING_METHODS
 from brevitas_dmx.data import calibration_samples
@@ -73,6 +74,7 @@ from brevitas_dmx.llm_args import check_ranges
 from brevitas_dmx.llm_args import flag_name
 from brevitas_dmx.llm_args import PROG
 from brevitas_dmx.model import check_format_map
+from brevitas_dmx.model import rounding_for_ladder
 from brevitas_dmx.model import set_rounding
 from brevitas_dmx.models import load_model
 from brevitas_dmx.models import load_tokenizer
@@ -192,6 +194,8 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
         DEFAULT_CHAIN) if args.dmx_ladder_auto and not args.dmx_retarget_from else ladder
     reach_name = f"auto ({reach.name})" if reach is not ladder else ladder.name
     args.dmx_ladder = ladder.name  # one name per chain in metrics, results and labels
+    if args.dmx_rounding == AUTO_ROUNDING:
+        args.dmx_rounding = rounding_for_ladder(ladder)
     low, high = reach.min_bits + scale, reach.max_bits + scale
     file_map = None
     if args.dmx_format_map is not None:
@@ -780,6 +784,7 @@ def _load(run: Run) -> None:
         "target_bits": args.dmx_target_bits,
         "ladder": args.dmx_ladder,
         "ladder_auto": getattr(args, "dmx_ladder_auto", False),
+        "rounding": args.dmx_rounding,
         "average": args.dmx_average,
         "budget_with_scales": args.dmx_budget_with_scales,
         "rotation": _rotation_name(args),

@@ -15,6 +15,7 @@ from typing import get_args, get_type_hints, Optional
 
 from brevitas_examples.llm.llm_args import create_args_parser
 
+from brevitas_dmx.config import AUTO_ROUNDING
 from brevitas_dmx.config import DEFAULT_BATCH_SIZE
 from brevitas_dmx.config import DEFAULT_LAMBDA
 from brevitas_dmx.config import DEFAULT_LR
@@ -28,7 +29,7 @@ from brevitas_dmx.config import INITS
 from brevitas_dmx.config import METHODS
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.config import REGULARIZERS
-from brevitas_dmx.config import ROUNDINGS
+from brevitas_dmx.config import ROUNDING_CHOICES
 from brevitas_dmx.config import SCALE_RULES
 from brevitas_dmx.config import TIE_CHOICES
 from brevitas_dmx.config import WEIGHTINGS
@@ -136,14 +137,15 @@ class DMXArguments(BudgetArguments):
                 "of learning one: pins formats by hand."
         })
     dmx_rounding: str = field(
-        default="anneal",
+        default=AUTO_ROUNDING,
         metadata={
             "help":
                 "anneal: the tempered F(raw, T) (the method); ste: straight-through rounding of "
                 "beta (ablation); blend / sample: F(raw, T), but each quantizer mixes the two "
                 "ladder formats around beta (blended, or one drawn at random) instead of using "
-                "the in-between format.",
-            "choices": ROUNDINGS
+                "the in-between format; auto (default): sample on a ladder where only the "
+                "exponent grows (e2m3,e4m3), anneal on any other.",
+            "choices": ROUNDING_CHOICES
         })
     dmx_init: str = field(
         default="low",

@@ -25,6 +25,7 @@ from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import format_from_bits
+from brevitas_dmx.formats import ladder as get_ladder
 from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant.fixed import fixed_mx_quantizer
@@ -274,6 +275,20 @@ def set_rounding(model: nn.Module, rounding: str) -> None:
         raise ValueError(f"Unknown rounding {rounding!r}; choose one of {ROUNDINGS}.")
     for offset in dmx_offsets(model):
         offset.rounding = rounding
+
+
+def rounding_for_ladder(ladder) -> str:
+    """The rounding a run on ``ladder`` trains with by default: "sample" when its formats share
+    one mantissa width (only the exponent grows, as from E2M3 to E4M3), else "anneal".
+
+    Where only the exponent grows, the in-between formats can beat both ends of a segment (on
+    SmolLM2-135M every layer on E3M3 gives 30.84, E2M3 31.73, E4M3 31.89), so the continuous
+    path rewards formats no layer can end on; "sample" trains on the real formats only, and its
+    offsets rank the layers by what the real switch gains (BENCHMARKS.md). Where the mantissa
+    grows, "anneal", the method as published: from E2M1 to E2M3 the in-between formats lie
+    between the ends."""
+    mantissas = {f.mantissa_bits for f in get_ladder(ladder).formats}
+    return "sample" if len(mantissas) == 1 else "anneal"
 
 
 def _check_weighting(weighting: str) -> None:

@@ -21,6 +21,7 @@ from brevitas_dmx.formats import FORMATS
 from brevitas_dmx.formats import ladder
 from brevitas_dmx.formats import ladder_for_target
 from brevitas_dmx.formats import LADDERS
+from brevitas_dmx.model import rounding_for_ladder
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import fixed_mx_quantizer
 from brevitas_dmx.quant import ladder_quantizers
@@ -236,7 +237,29 @@ def test_default_run_trains_on_the_segment_around_its_target(tiny_folder, text_f
     assert llm.main(_auto_run(tiny_folder, text_file, tmp_path, "5.5")) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["ladder"] == "mxfp6-mxfp4" and metrics["ladder_auto"] is True
+    assert metrics["rounding"] == "anneal"
     assert run_formats_used(tmp_path) <= {"e2m1", "e2m3"}
+
+
+def test_default_run_above_mxfp6_samples_the_real_formats(tiny_folder, text_file, tmp_path):
+    assert llm.main(_auto_run(tiny_folder, text_file, tmp_path, "7")) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["ladder"], metrics["rounding"]) == ("e2m3,e4m3", "sample")
+    assert run_formats_used(tmp_path) <= {"e2m3", "e4m3"}
+    assert metrics["avg_bits"] <= 7 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "chain, rounding",
+    [
+        ("e2m3,e4m3", "sample"),  # only the exponent grows
+        ("e3m2,e5m2", "sample"),
+        ("e2m1,e2m3", "anneal"),
+        ("e2m1,e4m3", "anneal"),
+        ("e2m1,e2m3,e4m3", "anneal"),
+    ])
+def test_auto_rounding_samples_where_only_the_exponent_grows(chain, rounding):
+    assert rounding_for_ladder(chain) == rounding
 
 
 @pytest.fixture(scope="module")
