@@ -189,10 +189,11 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     except ValueError as err:
         raise UsageError(f"--dmx-ladder: {err}") from None
     args.dmx_ladder_auto = args.dmx_ladder == AUTO_LADDER  # a sweep's points share one series
-    # a target outside auto's chain is outside every segment of it: say the chain's range
-    reach = get_ladder(
-        DEFAULT_CHAIN) if args.dmx_ladder_auto and not args.dmx_retarget_from else ladder
-    reach_name = f"auto ({reach.name})" if reach is not ladder else ladder.name
+    # auto takes a target anywhere on its chain: a refusal names the chain's range
+    reach, reach_name = ladder, ladder.name
+    if args.dmx_ladder_auto and args.dmx_retarget_from is None:
+        reach = get_ladder(DEFAULT_CHAIN)
+        reach_name = f"auto ({reach.name})"
     args.dmx_ladder = ladder.name  # one name per chain in metrics, results and labels
     if args.dmx_rounding == AUTO_ROUNDING:
         args.dmx_rounding = rounding_for_ladder(ladder)

@@ -291,3 +291,9 @@ def test_retarget_on_another_ladder_is_refused_naming_both(
     assert llm.main(argv) == 2
     err = capsys.readouterr().err
     assert "--dmx-ladder: mxfp8-mxfp4, but the offsets" in err and "mxfp6-mxfp4" in err
+
+
+def test_auto_refuses_a_target_off_its_chain_with_the_chain_range(
+        tiny_folder, capsys, no_model_loading):
+    assert llm.main(["--model", tiny_folder, "--dmx", "--dmx-target-bits", "9"]) == 2
+    assert "--dmx-ladder auto (e2m1,e2m3,e4m3) can reach: 4.25 to 8.25" in capsys.readouterr().err
