@@ -162,7 +162,7 @@ LADDERS: Dict[str, Ladder] = {
 # The chain the default ladder is cut from: MXFP4, the better MXFP6, MXFP8.
 DEFAULT_CHAIN = "e2m1,e2m3,e4m3"
 # The default ladder: the two formats of DEFAULT_CHAIN around the run's target
-# (``ladder_for_target``; BENCHMARKS.md, 'Which ladder?').
+# (``ladder_for_target``; BENCHMARKS.md, 'How good is it at each budget?').
 AUTO_LADDER = "auto"
 DEFAULT_LADDER = AUTO_LADDER
 
@@ -204,8 +204,10 @@ def ladder_for_target(
 
     Why not the whole chain: a layer's continuous format between two formats of a segment can
     beat both (E3M3 between E2M3 and E4M3 does, on SmolLM2), so training on a wide chain favours
-    offsets no layer can end on; below the MXFP6 cost, E4M3 layers also cost two bits each that
-    E2M1 layers must pay back (BENCHMARKS.md, 'Which ladder?')."""
+    offsets no layer can end on (on E2M3→E4M3 alone the command therefore samples the real
+    formats: ``model.rounding_for_ladder``); below the MXFP6 cost, E4M3 layers also cost two
+    bits each that E2M1 layers must pay back (BENCHMARKS.md, 'How good is it at each
+    budget?')."""
     full = ladder(chain)
     if target_bits is None:
         return full
