@@ -183,9 +183,9 @@ def _check_mode(parser, args, defaults: Dict) -> bool:
 def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     """The method's own flags: its format or format map, the offsets it re-targets, its budget.
     Returns the method ("map" for a format map) and the format map, read and checked."""
-    scale = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
+    scale = budget_scale_bits(args)
     try:
-        ladder = _run_ladder(args, scale, pending)
+        ladder = run_ladder(args, pending)
     except ValueError as err:
         raise UsageError(f"--dmx-ladder: {err}") from None
     args.dmx_ladder_auto = args.dmx_ladder == AUTO_LADDER  # a sweep's points share one series
@@ -238,32 +238,39 @@ def _check_method(args, pending=()) -> Tuple[str, Optional[Dict]]:
     return method, file_map
 
 
-def _run_ladder(args, scale: float, pending=()) -> Ladder:
-    """The run's ladder: the one named, or for ``auto`` the default chain's two formats around
-    the target (re-targeted offsets keep the ladder they were learned on)."""
+def budget_scale_bits(args) -> float:
+    """The bits per element the budget counts for the E8M0 block scales (0 without them)."""
+    return E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
+
+
+def run_ladder(args, pending=()) -> Ladder:
+    """The ladder of a parsed command line: the one named, or for ``auto`` the default chain's
+    two formats around the target (re-targeted offsets keep the ladder they were learned on;
+    ``pending``: run folders not written yet). Raises a ValueError on a bad or mismatched name."""
     source = args.dmx_retarget_from
     learned = None
     if source is not None and os.path.abspath(source) not in pending:
         learned = _source_ladder(source)
     if args.dmx_ladder == AUTO_LADDER:
         if learned is not None:
-            return get_ladder(learned)
-        return ladder_for_target(args.dmx_target_bits, scale)
+            return learned
+        return ladder_for_target(args.dmx_target_bits, budget_scale_bits(args))
     named = get_ladder(args.dmx_ladder)
-    if learned is not None and get_ladder(learned).name != named.name:
+    if learned is not None and learned.name != named.name:
         raise ValueError(
             f"{named.name}, but the offsets of --dmx-retarget-from {source!r} were learned on "
-            f"{get_ladder(learned).name}: name that ladder, or leave --dmx-ladder at auto")
+            f"{learned.name}: name that ladder, or leave --dmx-ladder at auto")
     return named
 
 
-def _source_ladder(run_dir: str) -> Optional[str]:
+def _source_ladder(run_dir: str) -> Optional[Ladder]:
     """The ladder a finished run's offsets were learned on, from its args.json (None if absent)."""
     path = os.path.join(run_dir, "args.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f).get("dmx_ladder")
+        name = json.load(f).get("dmx_ladder")
+    return None if name is None else get_ladder(name)
 
 
 def _check_rotation(args) -> None:

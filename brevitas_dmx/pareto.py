@@ -29,10 +29,8 @@ from brevitas_dmx import llm
 from brevitas_dmx.evaluate import paired_ratio
 from brevitas_dmx.formats import AUTO_LADDER
 from brevitas_dmx.formats import DEFAULT_LADDER
-from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
-from brevitas_dmx.formats import ladder_for_target
 
 # By name: run as ``python -m brevitas_dmx.pareto`` this module is __main__.
 logger = logging.getLogger("brevitas_dmx.pareto")
@@ -107,13 +105,23 @@ def ladder_tag(name: str) -> str:
     return get_ladder(name).name.replace(",", "-")
 
 
-def _source_ladder(args, llm_argv: List[str]) -> List[str]:
+def _retarget_ladder(args, llm_argv: List[str]) -> List[str]:
     """The ladder flag of the points re-targeted from --retarget-from: the ladder that point's
-    offsets are learned on (auto picks it from the source's target, not each point's)."""
+    offsets are learned on (auto picks it from the source's target, not each point's), as
+    brevitas_dmx_llm resolves it from the source's command line."""
     if args.ladder != AUTO_LADDER:
         return ["--dmx-ladder", args.ladder]
-    scale = 0.0 if "--no-dmx-budget-with-scales" in llm_argv else E8M0_SCALE_BITS / 32
-    return ["--dmx-ladder", ladder_for_target(args.retarget_from, scale).name]
+    source = [
+        "--model",
+        args.model,
+        "--dataset",
+        args.dataset,
+        "--dmx",
+        "--dmx-target-bits",
+        str(args.retarget_from)
+    ]
+    _, source_args, _, _ = llm.parse(source + llm_argv)
+    return ["--dmx-ladder", llm.run_ladder(source_args).name]
 
 
 def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
@@ -167,7 +175,7 @@ def plan_points(args, llm_argv: List[str]) -> List[Tuple[str, List[str]]]:
             points.append(
                 (
                     label,
-                    common + _source_ladder(args, llm_argv) + [
+                    common + _retarget_ladder(args, llm_argv) + [
                         "--dmx-method",
                         "dmx",
                         "--dmx-target-bits",

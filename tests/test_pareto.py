@@ -346,3 +346,12 @@ def test_retarget_points_of_an_auto_sweep_name_the_source_ladder(tiny_folder, te
     point = dict(pareto.plan_points(args, []))["retarget-auto-6-from-8"]
     # the segment around 8 bits, where the offsets learn; 6 bits alone would pick e2m1,e2m3
     assert point[point.index("--dmx-ladder") + 1] == "e2m3,e4m3"
+
+
+def test_retarget_points_count_the_budget_as_the_source_run_does(tiny_folder, text_file, tmp_path):
+    argv = _retarget_sweep_argv(tiny_folder, text_file, tmp_path, ["5", "6.1"], "6.1")
+    args = pareto.build_parser().parse_args(argv)
+    # 6.1 bits of elements alone is past E2M3's 6; with the scales' 0.25 it is not
+    for llm_argv, chosen in ((["--no-dmx-budget-with-scales"], "e2m3,e4m3"), ([], "mxfp6-mxfp4")):
+        point = dict(pareto.plan_points(args, llm_argv))["retarget-auto-5-from-6.1"]
+        assert point[point.index("--dmx-ladder") + 1] == chosen
