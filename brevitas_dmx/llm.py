@@ -90,8 +90,10 @@ from brevitas_dmx.solver import training_arguments
 from brevitas_dmx.solver.projection import assign_projection
 from brevitas_dmx.solver.projection import budget_problem
 from brevitas_dmx.solver.projection import init_offsets
+from brevitas_dmx.solver.projection import load_problem
 from brevitas_dmx.solver.projection import project_scores
 from brevitas_dmx.solver.projection import Projection
+from brevitas_dmx.solver.projection import restore_start_offsets
 from brevitas_dmx.solver.projection import save_problem
 from brevitas_dmx.solver.trainer import load_offsets
 from brevitas_dmx.solver.trainer import NonFiniteLossError
@@ -856,6 +858,7 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
         load_offsets(
             run.model,
             torch.load(os.path.join(args.dmx_retarget_from, OFFSETS_FILE), map_location="cpu"))
+        restore_start_offsets(run.model, load_problem(args.dmx_retarget_from))
         metrics["retargeted_from"] = os.path.abspath(args.dmx_retarget_from)
         metrics["retargeted_steps"] = _source_train_steps(args.dmx_retarget_from)
         logger.info(f"offsets learned in {args.dmx_retarget_from}, re-projected (no training)")
@@ -871,7 +874,14 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
         metrics["train_grad_accum"] = args.dmx_grad_accum
     run.model.eval()
     metrics["learned_avg_bits"] = dmx.bits_report(run.model)[args.dmx_average]
-    return project_model(run.model, args.dmx_target_bits, **_weighting(args))
+    projection = project_model(run.model, args.dmx_target_bits, **_weighting(args))
+    units = budget_problem(run.model).units
+    lowered = sum(u.start_offset is not None and u.raw_offset < u.start_offset for u in units)
+    metrics["lowered_offsets"] = lowered
+    logger.info(
+        f"projection: {projection.average:.4g} bits for a {args.dmx_target_bits:g}-bit budget; "
+        f"{lowered} of {len(units)} offsets ended below their start and get no format above it")
+    return projection
 
 
 def _search_sensitivity(run: Run, layers, scores) -> Projection:

@@ -4,6 +4,7 @@
 
 import itertools
 import json
+import shutil
 
 import brevitas.nn as qnn
 from conftest import mx_stress_tensor
@@ -25,6 +26,7 @@ from brevitas_dmx.model import rounding_for_ladder
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import fixed_mx_quantizer
 from brevitas_dmx.quant import ladder_quantizers
+from brevitas_dmx.solver.projection import UNITS_FILE
 
 
 def _growing_chains():
@@ -291,6 +293,24 @@ def test_retarget_on_another_ladder_is_refused_naming_both(
     assert llm.main(argv) == 2
     err = capsys.readouterr().err
     assert "--dmx-ladder: mxfp8-mxfp4, but the offsets" in err and "mxfp6-mxfp4" in err
+
+
+def test_retarget_keeps_lowered_layers_at_the_start_their_run_recorded(
+        auto_source, tiny_folder, text_file, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(auto_source, source)
+    units = json.loads((source / UNITS_FILE).read_text())
+    lowered = [u for u in units["units"] if u["raw_offset"] < u["start_offset"]]
+    assert len(lowered) >= 2
+    lowered[0]["start_offset"] = 2.0  # as if a warm start had put it on E2M3
+    (source / UNITS_FILE).write_text(json.dumps(units))
+    out = tmp_path / "run"
+    assert llm.main(
+        _auto_run(tiny_folder, text_file, out, "6.25", "--dmx-retarget-from", str(source))) == 0
+    fmap = json.loads((out / "format_map.json").read_text())
+    weight_format = [fmap[u["members"][0]["layer"]]["weight"] for u in lowered]
+    assert weight_format == ["e2m3"] + ["e2m1"] * (len(lowered) - 1)
+    assert json.loads((out / "metrics.json").read_text())["lowered_offsets"] == len(lowered)
 
 
 def test_auto_refuses_a_target_off_its_chain_with_the_chain_range(

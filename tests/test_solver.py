@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 import brevitas_dmx as bd
+from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct
 from brevitas_dmx.quant import DMXFloatStaircaseWeight
@@ -23,7 +24,14 @@ from brevitas_dmx.solver import ScalingPenalty
 from brevitas_dmx.solver import TargetAwarePenalty
 from brevitas_dmx.solver import temperature_at
 from brevitas_dmx.solver import training_arguments
+from brevitas_dmx.solver.projection import BudgetProblem
+from brevitas_dmx.solver.projection import init_offsets
+from brevitas_dmx.solver.projection import load_problem
+from brevitas_dmx.solver.projection import Member
+from brevitas_dmx.solver.projection import project
+from brevitas_dmx.solver.projection import restore_start_offsets
 from brevitas_dmx.solver.projection import save_problem
+from brevitas_dmx.solver.projection import Unit
 
 
 def _token_data(n=48, length=32, seed=0):
@@ -190,6 +198,65 @@ def test_projection_prefers_layers_training_pushed_up():
     fmap = bd.format_map(model)
     assert fmap["model.layers.0.mlp.down_proj"]["weight"] == "e4m3"
     assert sum(e["weight"] == "e4m3" for e in fmap.values()) == 1
+
+
+def test_an_offset_starts_where_it_was_initialised():
+    assert DMXOffset("mxfp8-mxfp4", init=1.5).start_offset == 1.5
+
+
+def test_projection_leaves_layers_training_lowered_at_their_start():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    values = [0.3 if i % 2 else -0.2 for i in range(14)]  # started at 0: odd raised, even lowered
+    _set_offsets(model, values)
+    result = project_model(model, 8.0)  # room for every layer at MXFP8
+    fmap = bd.format_map(model)
+    names = [name for name in fmap if name != "lm_head"]
+    assert [fmap[name]["weight"] for name in names] == ["e2m1", "e4m3"] * 7
+    assert result.average == pytest.approx(6.0)
+
+
+def test_projection_fills_the_budget_in_offset_order_when_no_start_is_known():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _set_offsets(model, [0.3 if i % 2 else -0.2 for i in range(14)])
+    problem = budget_problem(model)
+    for unit in problem.units:
+        unit.start_offset = None  # a run recorded before start offsets were
+    assert project(problem, 8.0).average == pytest.approx(8.0)
+
+
+def test_a_lowered_offset_keeps_at_most_the_format_it_started_on():
+    unit = Unit(1.8, "e2m1,e2m3,e4m3", [Member("l0", "weight", 64)], start_offset=2.0)
+    assert project(BudgetProblem([unit], []), 8.0).betas == [2]
+    unit.raw_offset = 2.1  # raised past its start: the budget may take it higher
+    assert project(BudgetProblem([unit], []), 8.0).betas == [4]
+
+
+def test_a_warm_start_moves_the_start_offsets():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    start = project_model(model, 6.0)
+    init_offsets(model, start)
+    assert [o.start_offset for o in bd.dmx_offsets(model)] == [float(b) for b in start.betas]
+
+
+def test_start_offsets_travel_with_a_run_directory(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _set_offsets(model, [0.3 if i % 3 else -0.2 for i in range(14)])
+    save_problem(budget_problem(model), str(tmp_path))
+    reloaded = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    for offset in bd.dmx_offsets(reloaded):
+        offset.start_offset = None
+    restore_start_offsets(reloaded, load_problem(str(tmp_path)))
+    assert [o.start_offset for o in bd.dmx_offsets(reloaded)] == [0.0] * 14
+    assert retarget(str(tmp_path), 8.0)["avg_bits"] == retarget(model, 8.0)["avg_bits"] < 8.0
+
+
+def test_start_offsets_from_another_model_are_refused(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    bd.tie_offsets(model, bd.tie_groups(model, "qkv-gateup"))
+    save_problem(budget_problem(model), str(tmp_path))
+    with pytest.raises(ValueError, match="recorded offsets for a model with 14"):
+        restore_start_offsets(
+            quantize_tiny_llama(DMXFloatWeight, DMXFloatAct), load_problem(str(tmp_path)))
 
 
 def test_impossible_target_is_refused_with_the_reachable_minimum():

@@ -78,6 +78,9 @@ class DMXOffset(nn.Module):
         # "blend" / "sample": F(raw, T), with the quantizers mixing the two formats around it.
         self.rounding = "anneal"
         self.raw_offset = nn.Parameter(torch.tensor(float(init), device=device))
+        # Where training started (None: unknown). The projection reads it: a unit whose offset
+        # ended below its start is one the loss or the penalty pushed down.
+        self.start_offset: Optional[float] = float(init)
         self.register_buffer(
             "temperature", torch.tensor(float(temperature), device=device), persistent=False)
         # The discrete offset a budget projection assigned (NaN: none, use the raw offset).

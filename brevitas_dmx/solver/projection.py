@@ -7,8 +7,10 @@ Training lands near the budget but nothing guarantees it. After training, each l
 width is linear in the units' formats, with exact rational coefficients from the chosen
 weighting, so the budget check is exact (``fractions.Fraction``). Units start at their cheapest
 format; upgrades are ranked by how far training pushed the raw offset past the upgrade's
-threshold and applied in that order while they fit. The same learned offsets therefore meet any
-other target without retraining (``retarget``).
+threshold and applied in that order while they fit. A unit whose offset training lowered below
+where it started gets no format above its start: where the budget does not bind, the loss alone
+lowered it, and filling the budget there costs accuracy. The same learned offsets therefore meet
+any other target without retraining (``retarget``), spending no more of it than training asked.
 """
 
 from dataclasses import asdict
@@ -52,6 +54,7 @@ class Unit:
     raw_offset: float
     ladder: str
     members: List[Member] = field(default_factory=list)
+    start_offset: Optional[float] = None  # where training started it (None: unknown)
 
 
 @dataclass
@@ -65,9 +68,10 @@ class BudgetProblem:
     @classmethod
     def from_json(cls, data: Dict) -> "BudgetProblem":
         units = [
-            Unit(u["raw_offset"], u["ladder"], [Member(**m)
-                                                for m in u["members"]])
-            for u in data["units"]
+            Unit(
+                u["raw_offset"],
+                u["ladder"], [Member(**m) for m in u["members"]],
+                u.get("start_offset")) for u in data["units"]
         ]
         return cls(units, [Member(**m) for m in data["fixed"]])
 
@@ -95,7 +99,10 @@ def _budget_problem_and_offsets(model: nn.Module):
             continue
         offset = quant.dmx.offset
         if id(offset) not in units:
-            units[id(offset)] = Unit(float(offset.raw_offset.detach()), offset.ladder.name)
+            units[id(offset)] = Unit(
+                float(offset.raw_offset.detach()),
+                offset.ladder.name,
+                start_offset=offset.start_offset)
             offsets.append(offset)
         units[id(offset)].members.append(member)
     return BudgetProblem(list(units.values()), fixed), offsets
@@ -185,17 +192,30 @@ def _projection(setup: _Budget, levels: List[int], target_bits, weighting, inclu
         betas, float(average + setup.scale_term), float(target_bits), weighting, include_scale_bits)
 
 
+def highest_level(unit: Unit) -> int:
+    """The highest format of its ladder the projection may give a unit: any, unless training
+    lowered the offset below where it started; then none above the start. Where the budget binds
+    the penalty lowers offsets too, but those units rank last and the budget runs out first;
+    where it does not bind, the loss alone lowered them: the higher format made the model worse
+    in training, and spending budget on it would too."""
+    betas = get_ladder(unit.ladder).discrete_betas
+    if unit.start_offset is None or unit.raw_offset >= unit.start_offset:
+        return len(betas) - 1
+    return max((level for level, beta in enumerate(betas) if beta <= unit.start_offset), default=0)
+
+
 def project(
         problem: BudgetProblem,
         target_bits: float,
         weighting: str = "simple",
         include_scale_bits: bool = False) -> Projection:
-    """Chooses a discrete offset per unit so the average is at most ``target_bits``."""
+    """Chooses a discrete offset per unit so the average is at most ``target_bits`` (below it
+    when every upgrade training asked for fits)."""
     setup = _budget(problem, target_bits, weighting, include_scale_bits)
     upgrades = []
     for index, (unit, path) in enumerate(zip(problem.units, setup.ladders)):
         betas = path.discrete_betas
-        for level in range(len(betas) - 1):
+        for level in range(highest_level(unit)):
             threshold = (betas[level] + betas[level + 1]) / 2
             upgrades.append((unit.raw_offset - threshold, index, level))
     levels = _greedy_upgrades(setup, upgrades)
@@ -292,6 +312,19 @@ def init_offsets(model: nn.Module, projection: Projection) -> None:
     with torch.no_grad():
         for offset, beta in zip(offsets, projection.betas):
             offset.raw_offset.fill_(float(beta))
+            offset.start_offset = float(beta)
+
+
+def restore_start_offsets(model: nn.Module, problem: BudgetProblem) -> None:
+    """Gives a model's offsets the start offsets a run recorded (``budget_problem`` order), so
+    offsets loaded from that run project as they did there."""
+    _, offsets = _budget_problem_and_offsets(model)
+    if len(offsets) != len(problem.units):
+        raise ValueError(
+            f"{len(problem.units)} recorded offsets for a model with {len(offsets)}: the run "
+            "was made on another model or with other flags")
+    for offset, unit in zip(offsets, problem.units):
+        offset.start_offset = unit.start_offset
 
 
 def project_model(
@@ -329,6 +362,17 @@ def save_problem(problem: BudgetProblem, run_dir: str) -> str:
     return path
 
 
+def load_problem(run_dir: str) -> BudgetProblem:
+    """The budget problem a dMX run saved: its learned offsets, where they started and the
+    quantizers they drive."""
+    path = os.path.join(run_dir, UNITS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: pass a model or a run directory written by the dMX trainer")
+    with open(path) as f:
+        return BudgetProblem.from_json(json.load(f))
+
+
 def retarget(
         model_or_run_dir: Union[nn.Module, str],
         target_bits: float,
@@ -343,12 +387,7 @@ def retarget(
         result = project_model(model_or_run_dir, target_bits, weighting, include_scale_bits)
         fmap = format_map(model_or_run_dir)
     else:
-        path = os.path.join(model_or_run_dir, UNITS_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} not found: pass a model or a run directory written by the dMX trainer")
-        with open(path) as f:
-            problem = BudgetProblem.from_json(json.load(f))
+        problem = load_problem(model_or_run_dir)
         result = project(problem, target_bits, weighting, include_scale_bits)
         fmap = problem_format_map(problem, result.betas)
     return {
