@@ -195,9 +195,9 @@ def _projection(setup: _Budget, levels: List[int], target_bits, weighting, inclu
 def highest_level(unit: Unit) -> int:
     """The highest format of its ladder the projection may give a unit: any, unless training
     lowered the offset below where it started; then none above the start. Where the budget binds
-    the penalty lowers offsets too, but those units rank last and the budget runs out first;
-    where it does not bind, the loss alone lowered them: the higher format made the model worse
-    in training, and spending budget on it would too."""
+    the penalty lowers offsets too, but those units rank last and the budget usually runs out
+    first; where it does not bind, the loss alone lowered them: the higher format made the model
+    worse in training, and spending budget on it would too."""
     betas = get_ladder(unit.ladder).discrete_betas
     if unit.start_offset is None or unit.raw_offset >= unit.start_offset:
         return len(betas) - 1
