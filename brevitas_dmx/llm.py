@@ -875,12 +875,11 @@ def _search_dmx(run: Run, layers, scores) -> Projection:
     run.model.eval()
     metrics["learned_avg_bits"] = dmx.bits_report(run.model)[args.dmx_average]
     projection = project_model(run.model, args.dmx_target_bits, **_weighting(args))
-    units = budget_problem(run.model).units
-    lowered = sum(u.start_offset is not None and u.raw_offset < u.start_offset for u in units)
-    metrics["lowered_offsets"] = lowered
+    metrics["lowered_offsets"] = projection.lowered
     logger.info(
         f"projection: {projection.average:.4g} bits for a {args.dmx_target_bits:g}-bit budget; "
-        f"{lowered} of {len(units)} offsets ended below their start and get no format above it")
+        f"{projection.lowered} of {len(projection.betas)} offsets ended below their start and "
+        "get no format above it")
     return projection
 
 

@@ -212,7 +212,7 @@ def test_projection_leaves_layers_training_lowered_at_their_start():
     fmap = bd.format_map(model)
     names = [name for name in fmap if name != "lm_head"]
     assert [fmap[name]["weight"] for name in names] == ["e2m1", "e4m3"] * 7
-    assert result.average == pytest.approx(6.0)
+    assert result.average == pytest.approx(6.0) and result.lowered == 7
 
 
 def test_projection_fills_the_budget_in_offset_order_when_no_start_is_known():

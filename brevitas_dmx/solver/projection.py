@@ -83,6 +83,7 @@ class Projection:
     target: float
     weighting: str
     include_scale_bits: bool
+    lowered: int = 0  # units training lowered below their start (none gets a format above it)
 
 
 def _budget_problem_and_offsets(model: nn.Module):
@@ -192,6 +193,11 @@ def _projection(setup: _Budget, levels: List[int], target_bits, weighting, inclu
         betas, float(average + setup.scale_term), float(target_bits), weighting, include_scale_bits)
 
 
+def _lowered(unit: Unit) -> bool:
+    """Whether training ended the unit's offset below where it started (False: start unknown)."""
+    return unit.start_offset is not None and unit.raw_offset < unit.start_offset
+
+
 def highest_level(unit: Unit) -> int:
     """The highest format of its ladder the projection may give a unit: any, unless training
     lowered the offset below where it started; then none above the start. Where the budget binds
@@ -199,7 +205,7 @@ def highest_level(unit: Unit) -> int:
     first; where it does not bind, the loss alone lowered them: the higher format made the model
     worse in training, and spending budget on it would too."""
     betas = get_ladder(unit.ladder).discrete_betas
-    if unit.start_offset is None or unit.raw_offset >= unit.start_offset:
+    if not _lowered(unit):
         return len(betas) - 1
     return max((level for level, beta in enumerate(betas) if beta <= unit.start_offset), default=0)
 
@@ -219,7 +225,9 @@ def project(
             threshold = (betas[level] + betas[level + 1]) / 2
             upgrades.append((unit.raw_offset - threshold, index, level))
     levels = _greedy_upgrades(setup, upgrades)
-    return _projection(setup, levels, target_bits, weighting, include_scale_bits)
+    projection = _projection(setup, levels, target_bits, weighting, include_scale_bits)
+    projection.lowered = sum(map(_lowered, problem.units))
+    return projection
 
 
 # Largest dynamic-programming table (units x budget steps) the exact knapsack builds; beyond it
