@@ -49,6 +49,17 @@ def import_renamed(checkout: str, folder: str):
     return importlib.import_module("bench_step_before")
 
 
+def use_compiled_kernels(package: str, model, on: bool) -> None:
+    """``package``'s way of choosing the compiled element kernels: per model
+    (``brevitas_dmx.model.use_compiled_kernels``) or, in a checkout older than that, for the whole
+    process (``functional.enable_compile``)."""
+    model_module = importlib.import_module(f"{package}.model")
+    if hasattr(model_module, "use_compiled_kernels"):
+        model_module.use_compiled_kernels(model, on)
+    else:
+        importlib.import_module(f"{package}.functional").enable_compile(on)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the other checkout's root folder")
@@ -63,8 +74,6 @@ def main():
     import bench_step as after
     with tempfile.TemporaryDirectory() as folder:
         before = import_renamed(args.before, folder)
-        for name in ("brevitas_dmx.functional", "brevitas_dmx_before.functional"):
-            importlib.import_module(name).enable_compile(not args.eager)
         torch.manual_seed(0)
         input_ids = torch.randint(0, 1024, (1, args.tokens))
         steps = {}
@@ -72,6 +81,9 @@ def main():
                                       ("after", after, "dmx")):
             model = module.build_float_model(args.model, args.layers, None, torch.float32)
             model = module.quantize(model, variant)
+            if variant == "dmx":
+                package = "brevitas_dmx_before" if name == "before" else "brevitas_dmx"
+                use_compiled_kernels(package, model, not args.eager)
             steps[name] = module.make_step(model, variant, input_ids, torch.device("cpu"))[0]
             for _ in range(2):  # compiles, then one warm step
                 steps[name]()

@@ -30,7 +30,7 @@ from brevitas_dmx.export import export_causal_lm_qonnx
 from brevitas_dmx.export import load_pretrained
 from brevitas_dmx.export import pack_weights
 from brevitas_dmx.export import save_pretrained
-from brevitas_dmx.models import load_model
+from brevitas_dmx.loading import load_model
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 

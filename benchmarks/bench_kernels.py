@@ -46,14 +46,16 @@ def main():
     constants = functional.format_constants(e, m)
     n = weight.numel()
 
-    def kernels(t):
+    def kernels(t, kernel_set=functional.EAGER):
         grad = torch.randn_like(t)
         scale = functional.forward_kernel(t, constants, "floor")[1]
         return {
-            "forward": lambda: functional.forward_kernel(t, constants, "floor"),
+            "forward": lambda: functional.forward_kernel(t, constants, "floor", kernel_set),
             "values_backward":
-                lambda: functional.values_backward_kernel(t, constants, scale, grad, ()),
-            "backward": lambda: functional.backward_kernel(t, constants, scale, grad, ()),
+                lambda: functional.values_backward_kernel(
+                    t, constants, scale, grad, (), kernel_set),
+            "backward":
+                lambda: functional.backward_kernel(t, constants, scale, grad, (), kernel_set),
         }
 
     flat_x, flat_w = x.flatten(-2), weight.flatten(-2)
@@ -79,12 +81,9 @@ def main():
                 continue
             rows.append((name, on, tensor, fn))
     eager = {(name, on): best_seconds(fn, args.repeats) for name, on, _, fn in rows}
-    functional.enable_compile(True)
-    try:
-        rows = [(name, on, t, kernels(t)[name]) for name, on, t, _ in rows]
-        compiled = {(name, on): best_seconds(fn, args.repeats) for name, on, _, fn in rows}
-    finally:
-        functional.enable_compile(False)
+    compiled_set = functional.compiled_kernels()
+    rows = [(name, on, t, kernels(t, compiled_set)[name]) for name, on, t, _ in rows]
+    compiled = {(name, on): best_seconds(fn, args.repeats) for name, on, _, fn in rows}
     for name, on, _, _ in rows:
         print(
             f"| {name} | {on} | {eager[(name, on)] / n * 1e9:.2f} | "

@@ -20,7 +20,7 @@ from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Act
 from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
 import torch
 
-from brevitas_dmx.functional import enable_compile
+from brevitas_dmx.model import use_compiled_kernels
 from brevitas_dmx.profiling import saved_tensor_bytes
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
@@ -31,7 +31,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _layer(kind, in_features, out_features, device):
+def _layer(kind, in_features, out_features, device, compiled=False):
     if kind == "float":
         layer = torch.nn.Linear(in_features, out_features, bias=False)
     elif kind == "brevitas-mxfp8":
@@ -50,6 +50,7 @@ def _layer(kind, in_features, out_features, device):
             weight_quant=DMXFloatWeight,
             input_quant=DMXFloatAct,
             return_quant_tensor=False)
+        use_compiled_kernels(layer, compiled)
     layer.weight.requires_grad_(False)
     return layer.to(device).train()
 
@@ -67,9 +68,9 @@ def _time(fn, device, iters, warmup=2):
     return statistics.median(times)
 
 
-def bench_layer(kind, in_features, out_features, tokens, device, iters):
+def bench_layer(kind, in_features, out_features, tokens, device, iters, compiled=False):
     torch.manual_seed(0)
-    layer = _layer(kind, in_features, out_features, device)
+    layer = _layer(kind, in_features, out_features, device, compiled)
     x = torch.randn(tokens // 512, 512, in_features, device=device, requires_grad=True)
 
     def step():
@@ -127,14 +128,13 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.compile:
-        enable_compile(True)
     rows = []
     for shape in args.shapes.split(","):
         in_features, out_features = map(int, shape.lower().split("x"))
         for kind in ("float", "brevitas-mxfp8", "dmx"):
             rows.append(
-                bench_layer(kind, in_features, out_features, args.tokens, device, args.iters))
+                bench_layer(
+                    kind, in_features, out_features, args.tokens, device, args.iters, args.compile))
     name = torch.cuda.get_device_name(
     ) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(

@@ -82,7 +82,7 @@ LLAMA_SHAPES = {
 
 def build_float_model(name, layers, vocab, dtype):
     if name == "smollm2-135m":
-        from brevitas_dmx.models import load_model
+        from brevitas_dmx.loading import load_model
         return load_model("smollm2-135m", "float32").to(dtype)
     from transformers import LlamaConfig
     from transformers import LlamaForCausalLM
@@ -117,6 +117,7 @@ def quantize(model, variant):
     from brevitas.graph.quantize import layerwise_quantize
     import brevitas.nn as qnn
 
+    from brevitas_dmx.model import use_compiled_kernels
     from brevitas_dmx.nn import DMXQuantLinear
     from brevitas_dmx.quant import DMXFloatAct
     from brevitas_dmx.quant import DMXFloatWeight
@@ -135,7 +136,10 @@ def quantize(model, variant):
                     "weight_quant": weight, "input_quant": act, "return_quant_tensor": False
                 })
     }
-    return layerwise_quantize(model, layer_map, name_blacklist=["lm_head"])
+    model = layerwise_quantize(model, layer_map, name_blacklist=["lm_head"])
+    # each variant's model runs its own kernels: the variants interleave with no switching
+    use_compiled_kernels(model, variant.startswith("dmx-compiled"))
+    return model
 
 
 class RSSPeak:
@@ -277,10 +281,7 @@ def main():
             model, variant, input_ids, device, args.micro_batches)
     del base
 
-    import brevitas_dmx.functional as functional
-
     def run(variant):
-        functional.enable_compile(variant.startswith("dmx-compiled"))
         _sync(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -313,9 +314,7 @@ def main():
             peaks[variant].append(peak)
     saved = {}
     for variant in variants:
-        functional.enable_compile(variant.startswith("dmx-compiled"))
         saved[variant] = saved_tensor_bytes(forwards[variant])[1]
-    functional.enable_compile(False)
 
     name = f"CPU x{torch.get_num_threads()}"
     if device.type == "cuda":
@@ -361,9 +360,7 @@ def main():
     if args.profile:
         for variant in variants:
             if variant.startswith("dmx"):
-                functional.enable_compile(variant.startswith("dmx-compiled"))
                 profile_step(steps[variant], variant, device)
-        functional.enable_compile(False)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "args": vars(args), "rows": rows}, f, indent=1)

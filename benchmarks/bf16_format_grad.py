@@ -15,7 +15,6 @@ import argparse
 
 import torch
 
-from brevitas_dmx import functional
 import brevitas_dmx as dmx
 from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.quant import DMXFloatAct
@@ -23,7 +22,6 @@ from brevitas_dmx.quant import DMXFloatWeight
 
 
 def offset_grad(dtype, compiled: bool, seed: int, args) -> float:
-    functional.enable_compile(compiled)
     torch.manual_seed(0)
     layer = DMXQuantLinear(
         args.in_features,
@@ -33,6 +31,7 @@ def offset_grad(dtype, compiled: bool, seed: int, args) -> float:
         input_quant=DMXFloatAct,
         return_quant_tensor=False)
     dmx.train_only_offsets(layer)
+    dmx.use_compiled_kernels(layer, compiled)
     layer.weight.data = layer.weight.data.bfloat16().float()
     layer.to(dtype).train()
     for offset in dmx.dmx_offsets(layer):  # the offsets train in float32, from the same value
@@ -56,16 +55,13 @@ def main():
     args = parser.parse_args()
     print("| seed | float32 eager | float32 compiled | bfloat16 eager | bfloat16 compiled |")
     print("|---|---|---|---|---|")
-    try:
-        for seed in range(args.seeds):
-            grads = [
-                offset_grad(dtype, compiled, seed, args)
-                for dtype in (torch.float32, torch.bfloat16)
-                for compiled in (False, True)
-            ]
-            print(f"| {seed} | " + " | ".join(f"{g:+.5f}" for g in grads) + " |")
-    finally:
-        functional.enable_compile(False)
+    for seed in range(args.seeds):
+        grads = [
+            offset_grad(dtype, compiled, seed, args)
+            for dtype in (torch.float32, torch.bfloat16)
+            for compiled in (False, True)
+        ]
+        print(f"| {seed} | " + " | ".join(f"{g:+.5f}" for g in grads) + " |")
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ def load_calibration(args) -> Tuple[object, List[Dict]]:
     from brevitas_dmx.data import calibration_samples
     from brevitas_dmx.data import load_text
     from brevitas_dmx.data import split_text
-    from brevitas_dmx.models import load_tokenizer
+    from brevitas_dmx.loading import load_tokenizer
     tokenizer = load_tokenizer(args.model)
     calib_text, _ = split_text(load_text(args.dataset), args.eval_fraction)
     samples = calibration_samples(tokenizer, calib_text, args.nsamples, args.seqlen, args.seed)
@@ -312,7 +312,7 @@ def batches(samples: List[Dict], batch_size: int) -> List[Dict[str, torch.Tensor
 
 
 def load_model(args) -> nn.Module:
-    from brevitas_dmx.models import load_model as package_load_model
+    from brevitas_dmx.loading import load_model as package_load_model
     return package_load_model(args.model, args.dtype)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.profiler import profile
 from torch.profiler import ProfilerActivity
 
-from brevitas_dmx.functional import enable_compile
+from brevitas_dmx.model import use_compiled_kernels
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatWeight
 
@@ -25,13 +25,12 @@ def main():
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
-    if args.compile:
-        enable_compile(True)
     device = torch.device(args.device)
     in_features, out_features = map(int, args.shape.split("x"))
     layer = qnn.QuantLinear(
         in_features, out_features, bias=False, weight_quant=DMXFloatWeight,
         input_quant=DMXFloatAct).to(device).train()
+    use_compiled_kernels(layer, args.compile)
     layer.weight.requires_grad_(False)
     x = torch.randn(args.tokens // 512, 512, in_features, device=device, requires_grad=True)
 

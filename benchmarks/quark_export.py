@@ -21,7 +21,7 @@ from brevitas_dmx.data import evaluation_windows
 from brevitas_dmx.evaluate import perplexity_of
 from brevitas_dmx.evaluate import window_nll
 from brevitas_dmx.evaluate import windows_fingerprint
-from brevitas_dmx.models import load_tokenizer
+from brevitas_dmx.loading import load_tokenizer
 
 
 def mixed_map(layers: int = 30) -> dict:

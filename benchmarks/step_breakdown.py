@@ -21,7 +21,7 @@ import torch
 from torch.profiler import profile
 from torch.profiler import ProfilerActivity
 
-from brevitas_dmx import functional
+from brevitas_dmx.model import use_compiled_kernels
 
 PARTS = ("matrix products", "dMX element kernels", "attention", "loss", "rest")
 
@@ -53,6 +53,7 @@ def breakdown(args, input_ids):
     steps = {}
     for variant in ("float", "dmx"):
         model = quantize(build_float_model(args.model, args.layers, None, torch.float32), variant)
+        use_compiled_kernels(model, True)  # dMX's compiled kernels; the float model has none
         steps[variant] = make_step(model, variant, input_ids, torch.device("cpu"))[0]
         for _ in range(2):
             steps[variant]()
@@ -72,7 +73,6 @@ def main():
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    functional.enable_compile(True)
     torch.manual_seed(0)
     input_ids = torch.randint(0, 1024, (1, args.tokens))
     totals = breakdown(args, input_ids)

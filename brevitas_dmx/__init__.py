@@ -32,7 +32,8 @@ _PUBLIC = {
             "set_temperature",
             "tie_groups",
             "tie_offsets",
-            "train_only_offsets"),
+            "train_only_offsets",
+            "use_compiled_kernels"),
     "brevitas_dmx.export":
         ("save_pretrained", "load_pretrained", "export_qonnx", "pack_weights", "export_quark"),
 }

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import ladder as get_ladder
@@ -65,7 +66,7 @@ def quantized_layer(
         layer: nn.Linear,
         fmt: ElementFormat,
         weights_only: bool = False,
-        scale_rule: str = "floor") -> Iterator[None]:
+        scale_rule: str = DEFAULT_SCALE_RULE) -> Iterator[None]:
     """Runs ``layer`` in an MX format inside the block; the float forward is restored after."""
     layer.forward = _MXLinearForward(layer, fmt, weights_only, scale_rule)
     try:
@@ -90,7 +91,7 @@ def kl_sensitivity(
         formats: Sequence[str],
         layers: Optional[Dict[str, nn.Linear]] = None,
         weights_only: bool = False,
-        scale_rule: str = "floor",
+        scale_rule: str = DEFAULT_SCALE_RULE,
         batch_size: int = 4,
         skip_last: bool = True) -> Dict[str, List[float]]:
     """Mean per-token KL(p_float || p_quant) with each layer alone in each format.
@@ -130,7 +131,7 @@ def fisher_sensitivity(
         formats: Sequence[str],
         layers: Optional[Dict[str, nn.Linear]] = None,
         weights_only: bool = False,
-        scale_rule: str = "floor",
+        scale_rule: str = DEFAULT_SCALE_RULE,
         batch_size: int = 2) -> Dict[str, List[float]]:
     """Sum over calibration tokens of (dL/dy)^2 * (y_q - y)^2 per layer and format, where L is
     the summed next-token loss of the float model and y a layer's output (one pass)."""

@@ -21,6 +21,7 @@ does not duplicate them.
 
 from dataclasses import dataclass
 from dataclasses import field
+import logging
 from typing import List
 
 from brevitas.utils.parametrization_utils import extract_trainable_rotation_matrices
@@ -30,20 +31,42 @@ from brevitas_examples.llm.llm_quant.trainer_utils import GeneralizedTrainer
 from brevitas_examples.llm.llm_quant.trainer_utils import TRAINER_REGISTRY
 from brevitas_examples.llm.llm_quant.trainer_utils import \
     TrainingArguments as BrevitasTrainingArguments
+import torch
 
 import brevitas_dmx as dmx
+from brevitas_dmx.config import AUTO
+from brevitas_dmx.config import BudgetArguments
 from brevitas_dmx.config import DEFAULT_MOMENTUM
-from brevitas_dmx.evaluate import format_table
-from brevitas_dmx.llm_args import BudgetArguments
+from brevitas_dmx.config import ROUNDING_CHOICES
+from brevitas_dmx.console import log_to_console
+from brevitas_dmx.formats import DEFAULT_CHAIN
+from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.model import batched_formats
+from brevitas_dmx.pipeline import finalize_checked
+from brevitas_dmx.pipeline import log_format_table
+from brevitas_dmx.pipeline import narrow_ladders
+from brevitas_dmx.pipeline import prepare_training
+from brevitas_dmx.pipeline import project_offsets
+from brevitas_dmx.pipeline import resolve_ladder
+from brevitas_dmx.pipeline import resolve_rounding
 from brevitas_dmx.quant import LADDER_QUANTIZERS
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
-from brevitas_dmx.solver.projection import project_model
 from brevitas_dmx.solver.regularizers import TargetAwarePenalty
 from brevitas_dmx.solver.trainer import DMXLossMixin
+
+logger = logging.getLogger(__name__)
 
 
 @QUANTIZERS_REGISTRY.register("dmx")
 class DMXQuantizer(BaseQuantizer):
+    """The default chain, E2M1 -> E2M3 -> E4M3; the trainer narrows each offset to the two
+    formats around its budget (``--dmx_ladder auto``, as ``brevitas_dmx_llm``)."""
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS[DEFAULT_CHAIN]
+
+
+@QUANTIZERS_REGISTRY.register("dmx-mxfp8")
+class DMXMXFP8Quantizer(BaseQuantizer):
+    """The paper's E(2+beta)M(1+beta), MXFP4 to MXFP8."""
     weight_quant, linear_input_quant = LADDER_QUANTIZERS["mxfp8-mxfp4"]
 
 
@@ -59,7 +82,7 @@ class DMXStaircaseQuantizer(BaseQuantizer):
 
 @QUANTIZERS_REGISTRY.register("dmx-chain")
 class DMXChainQuantizer(BaseQuantizer):
-    weight_quant, linear_input_quant = LADDER_QUANTIZERS["e2m1,e2m3,e4m3"]
+    weight_quant, linear_input_quant = LADDER_QUANTIZERS[DEFAULT_CHAIN]
 
 
 def dmx_offset_parameters(model, training_args) -> List:
@@ -88,6 +111,22 @@ class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
     dmx_target_bits: float = field(
         default=6.0,
         metadata={"help": "Bit budget: the average bits per element the result may not exceed."})
+    dmx_ladder: str = field(
+        default=AUTO,
+        metadata={
+            "help":
+                "auto: the two formats of the quantizer's chain around --dmx_target_bits (as "
+                "brevitas_dmx_llm); or a run of consecutive formats of that chain, e.g. "
+                "e2m1,e2m3."
+        })
+    dmx_rounding: str = field(
+        default=AUTO,
+        metadata={
+            "help":
+                "auto: sample where only the exponent grows along the ladder, anneal otherwise "
+                "(as brevitas_dmx_llm).",
+            "choices": ROUNDING_CHOICES
+        })
     dmx_learn_rotations: bool = field(
         default=False,
         metadata={"help": "Train the rotations of --rotation ... --fine-tune jointly (CaileySGD)."})
@@ -138,7 +177,9 @@ class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
 
 @TRAINER_REGISTRY.register("dmx")
 class BrevitasDMXTrainer(DMXLossMixin, GeneralizedTrainer):
-    """Brevitas's trainer with the dMX loss, annealing, projection and finalization."""
+    """Brevitas's trainer with the dMX loss and annealing; around its training, the steps of
+    ``brevitas_dmx.pipeline`` that ``brevitas_dmx_llm --dmx`` takes: the ``auto`` ladder and
+    rounding, then the projection onto the budget and the checked finalization."""
     training_args_cls = DMXTrainingArguments
 
     def __init__(self, args: DMXTrainingArguments = None, **kwargs):
@@ -153,16 +194,41 @@ class BrevitasDMXTrainer(DMXLossMixin, GeneralizedTrainer):
             weighting=args.dmx_average,
             include_scale_bits=args.dmx_budget_with_scales)
 
+    def _prepare_offsets(self):
+        """The ladder (auto: the two formats of the quantizers' chain around the target) and
+        the rounding the offsets train with; returns the ladder."""
+        args = self.args
+        offsets = dmx.dmx_offsets(self.model)
+        chain = offsets[0].ladder.name
+        scale_bits = E8M0_SCALE_BITS / 32 if args.dmx_budget_with_scales else 0.0
+        ladder = resolve_ladder(args.dmx_ladder, args.dmx_target_bits, scale_bits, chain=chain)
+        if ladder.name != chain:
+            narrow_ladders(self.model, ladder)
+        rounding = resolve_rounding(args.dmx_rounding, ladder)
+        prepare_training(self.model, rounding)
+        logger.info(f"training on {ladder.name} with {rounding} rounding")
+        return ladder
+
     def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
-        projection = project_model(
+        log_to_console()
+        self._prepare_offsets()
+        with batched_formats(self.model):
+            result = super().train(*args, **kwargs)
+        self.model.eval()
+        projection = project_offsets(
             self.model,
             self.args.dmx_target_bits,
             self.args.dmx_average,
             self.args.dmx_budget_with_scales)
-        dmx.finalize(self.model)
-        print(format_table(dmx.format_map(self.model)))
-        print(
-            f"[dMX] {self.args.dmx_average} average {projection.average:.4f} bits "
-            f"(target {self.args.dmx_target_bits:g})")
+        sample = self.train_dataset[0]["input_ids"]
+        sample = torch.as_tensor(sample)[None].to(next(self.model.parameters()).device)
+        finalize_checked(
+            self.model,
+            sample,
+            self.args.dmx_target_bits,
+            self.args.dmx_average,
+            self.args.dmx_budget_with_scales,
+            projection=projection)
+        log_format_table(dmx.format_map(self.model))
+        self.model.train()
         return result

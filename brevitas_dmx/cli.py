@@ -10,8 +10,12 @@ imported only once the help is ruled out.
 import importlib
 import sys
 from typing import List, Optional
+import warnings
 
-from brevitas_dmx.llm_args import build_parser
+# Brevitas warns at import that an optional CUDA kernel is absent: noise before every message.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+
+from brevitas_dmx.llm_args import build_parser  # noqa: E402
 
 
 def _asks_for_help(argv: List[str]) -> bool:

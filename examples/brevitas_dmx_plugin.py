@@ -4,4 +4,4 @@
 ``--custom-trainer PATH:dmx``. It only imports the installed registrations (see
 ``brevitas_dmx.brevitas_plugin``), so the registered classes exist once."""
 
-import brevitas_dmx.brevitas_plugin  # noqa: F401  (registers dmx, dmx6, dmx-staircase, dmx-chain)
+import brevitas_dmx.brevitas_plugin  # noqa: F401  (registers dmx, dmx-mxfp8, dmx6, ...)

@@ -76,13 +76,11 @@ def quantize_tiny_llama(weight_quant, input_quant, seed: int = 0):
 
 @pytest.fixture
 def compiled_kernels():
-    """The torch.compile'd element kernels for the test; the state found is restored after
-    (a test may switch to eager inside, to compare)."""
+    """The torch.compile'd element kernels (``functional.compiled_kernels()``), for the test to
+    hand to the kernel functions or to its model (``use_compiled_kernels``). Nothing to restore
+    after: the choice of kernels belongs to the caller or to the model, never to the process."""
     from brevitas_dmx import functional
-    was_compiled = functional._KERNELS["forward"] is not functional._EAGER["forward"]
-    functional.enable_compile(True)
-    yield
-    functional.enable_compile(was_compiled)
+    return functional.compiled_kernels()
 
 
 @pytest.fixture
@@ -203,8 +201,8 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    from brevitas_dmx import models
-    monkeypatch.setattr(models, "load_model", refuse)
+    from brevitas_dmx import loading
+    monkeypatch.setattr(loading, "load_model", refuse)
 
 
 def run_formats_used(out) -> set:

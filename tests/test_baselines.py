@@ -78,7 +78,12 @@ def test_kl_scores_the_harmful_layer_highest(kl_scores):
 def test_kl_baseline_promotes_the_harmful_layer(harmful_model, kl_scores, ignore_missing_keys):
     model, problem = quantized_problem(make_harmful(tiny_llama(0)))
     projection = project_scores(
-        problem, unit_scores(problem, kl_scores), one_upgrade_target(problem), solver="greedy")
+        problem,
+        unit_scores(problem, kl_scores),
+        one_upgrade_target(problem),
+        "simple",
+        False,
+        solver="greedy")
     assign_projection(model, projection)
     dmx.finalize(model)
     promoted = [name for name, entry in dmx.format_map(model).items() if entry["weight"] == "e4m3"]
@@ -93,7 +98,7 @@ def test_fisher_ranks_the_harmful_layer_first(fisher_scores):
 def test_fisher_knapsack_promotes_the_harmful_layer(fisher_scores, ignore_missing_keys):
     _, problem = quantized_problem(make_harmful(tiny_llama(0)))
     projection = project_scores(
-        problem, unit_scores(problem, fisher_scores), one_upgrade_target(problem))
+        problem, unit_scores(problem, fisher_scores), one_upgrade_target(problem), "simple", False)
     upgraded = [u.members[0].layer for u, beta in zip(problem.units, projection.betas) if beta]
     assert upgraded == [HARMFUL]
 
@@ -152,7 +157,7 @@ def test_knapsack_finds_the_brute_force_optimum(seed):
         for levels in itertools.product((0, 1), repeat=len(sizes))
         if sum(Fraction(s * (4 + 4 * level), total)
                for s, level in zip(sizes, levels)) <= Fraction(53, 10))
-    projection = project_scores(problem, scores, target, "size")
+    projection = project_scores(problem, scores, target, "size", False)
     found = sum(row[1 if beta else 0] for row, beta in zip(scores, projection.betas))
     assert found == pytest.approx(best)
 

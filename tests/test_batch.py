@@ -174,7 +174,7 @@ def test_average_bits_is_the_share_weighted_sum_of_each_quantizers_bits():
             total = sum(q.size() for q in chosen)
             want = sum(q.bits(False) * q.size() for q in chosen) / total
         torch.testing.assert_close(
-            dmx.average_bits(model, weighting), want, rtol=1e-6, atol=0, check_dtype=False)
+            dmx.average_bits(model, weighting, False), want, rtol=1e-6, atol=0, check_dtype=False)
 
 
 def test_the_trainer_computes_the_formats_in_one_batch(monkeypatch, tmp_path):
@@ -207,3 +207,18 @@ def test_fused_layers_of_a_batch_take_their_width_gradients_from_its_jacobians(m
     assert calls == []
     _step(model, batched=False)
     assert calls
+
+
+def test_quantizers_hold_the_batch_for_the_block_and_it_says_when_it_is_valid():
+    model = _mixed_model()
+    quants = dmx_quantizers(model)
+    quant, seen, _ = _watch_first_layer(model)
+    with dmx.batched_formats(model) as batch:
+        assert all(q.format_batch is batch for q in quants)
+        assert not batch.valid and quant.batch_slot is None
+        with dmx.batched_formats(model) as inner:  # a nested block holds them while it lasts
+            assert all(q.format_batch is inner for q in quants)
+        assert all(q.format_batch is batch for q in quants)
+        model(input_ids=torch.arange(12).reshape(1, 12))
+        assert seen[-1][0] is batch and not batch.valid and quant.batch_slot is None
+    assert all(q.format_batch is None for q in quants)

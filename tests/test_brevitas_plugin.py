@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """dMX through stock brevitas_ptq_llm (Brevitas's registries), offline on a tiny Llama."""
 
+import json
 import os
 
 from conftest import local_text
@@ -28,7 +29,7 @@ def local_wikitext(monkeypatch):
     monkeypatch.setattr(data_utils, "load_raw_dataset", load_raw_dataset)
 
 
-def _run_stock_brevitas(tmp_path, *flags, target="6", steps="4"):
+def _run_stock_brevitas(tmp_path, *flags, target="6", steps="4", quantizer="dmx"):
     """``brevitas_ptq_llm`` with the dMX quantizer and trainer plugins on a tiny local Llama."""
     from brevitas_examples.common.parse_utils import parse_args
     from brevitas_examples.llm.llm_args import create_args_parser
@@ -47,7 +48,7 @@ def _run_stock_brevitas(tmp_path, *flags, target="6", steps="4"):
         "float32",
         *flags,
         "--custom-quantizer",
-        f"{PLUGIN}:dmx",
+        f"{PLUGIN}:{quantizer}",
         "--fine-tune",
         "--custom-trainer",
         f"{PLUGIN}:dmx",
@@ -92,7 +93,7 @@ def watched_training(monkeypatch):
 
 def test_stock_brevitas_ptq_llm_runs_dmx_through_its_registries(
         tmp_path, local_wikitext, watched_training):
-    _run_stock_brevitas(tmp_path)
+    _run_stock_brevitas(tmp_path, quantizer="dmx-mxfp8")
     model = watched_training["model"]
     assert watched_training["offsets_moved"] and watched_training["optimizers"] == 1
     assert dmx.dmx_layers(model) == []  # finalized to fixed Brevitas MX quantizers
@@ -141,3 +142,77 @@ def test_accelerate_removes_hooks_from_brevitas_quant_layers():
     add_hook_to_module(layer, ModelHook())
     remove_hook_from_module(layer, recurse=True)
     assert not hasattr(layer, "_hf_hook") and not hasattr(layer, "_old_forward")
+
+
+def test_stock_path_and_the_command_end_on_the_same_format_map(tmp_path, monkeypatch):
+    """The same tiny model, calibration samples and settings through stock brevitas_ptq_llm
+    with the plugin and through brevitas_dmx_llm --dmx: one pipeline, one format map (5.5 bits:
+    the auto ladder E2M1/E2M3, annealed, so no random draws in training)."""
+    from brevitas_examples.common.parse_utils import parse_args
+    from brevitas_examples.llm import main as brevitas_main
+    from brevitas_examples.llm.llm_args import create_args_parser
+
+    from brevitas_dmx import llm
+    from brevitas_dmx.data import calibration_samples
+    from brevitas_dmx.data import split_text
+    from brevitas_dmx.loading import load_tokenizer
+    folder = save_tiny_llama_folder(tmp_path / "tiny")
+    text = tmp_path / "text.txt"
+    text.write_text(local_text(400))
+    settings = ["--seqlen", "32", "--nsamples", "8"]
+    out = tmp_path / "command"
+    assert llm.main(
+        [
+            "--model",
+            folder,
+            "--dataset",
+            str(text),
+            *settings,
+            "--dmx",
+            "--dmx-target-bits",
+            "5.5",
+            "--dmx-steps",
+            "6",
+            "--dmx-batch-size",
+            "4",
+            "--dmx-eval-windows",
+            "2",
+            "--dmx-skip-baselines",
+            "--dmx-output",
+            str(out)
+        ]) == 0
+    command_map = json.loads((out / "format_map.json").read_text())
+
+    calib_text, _ = split_text(text.read_text())
+    samples = calibration_samples(load_tokenizer(folder), calib_text, 8, 32, 0)
+    served = [{"input_ids": s["input_ids"]} for s in samples]
+    monkeypatch.setattr(brevitas_main, "get_dataset_for_model", lambda **kwargs: served)
+    argv = [
+        "--model",
+        folder,
+        "--dataset",
+        "wikitext2",
+        *settings,
+        "--dtype",
+        "float32",
+        "--custom-quantizer",
+        f"{PLUGIN}:dmx",
+        "--fine-tune",
+        "--custom-trainer",
+        f"{PLUGIN}:dmx",
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "4",
+        "--dmx_target_bits",
+        "5.5",
+        "--data_seed",
+        "0",
+        "--output_dir",
+        str(tmp_path / "train")
+    ]
+    args, extra_args = parse_args(create_args_parser(), argv)
+    _, model = brevitas_main.quantize_llm(args, extra_args)
+    stock_map = dmx.format_map(model)
+    assert len({e["weight"] for e in command_map.values()}) == 2  # a mix: a map that can differ
+    assert stock_map == command_map

@@ -360,7 +360,7 @@ def test_custom_backward_saves_only_the_input_and_block_scales():
 
 
 def test_compiled_kernels_match_eager(compiled_kernels):
-    # --dmx-compile swaps in torch.compile'd kernels: the same values at hardware formats, and
+    # --dmx-compile runs the torch.compile'd kernels: the same values at hardware formats, and
     # the same gradient sums up to the order of float additions.
     from brevitas_dmx import functional
     torch.manual_seed(0)
@@ -368,20 +368,20 @@ def test_compiled_kernels_match_eager(compiled_kernels):
     grad = torch.randn_like(blocks)
     cases = ((4.0, 3.0, True), (2.0, 1.0, True), (3.3, 2.2, False))
 
-    def run():
+    def run(kernels):
         results = []
         for e, m, _ in cases:
             e, m = torch.tensor(e), torch.tensor(m)
-            out, scale = functional.forward_kernel(blocks, functional.format_constants(e, m), "floor")
+            out, scale = functional.forward_kernel(
+                blocks, functional.format_constants(e, m), "floor", kernels)
             sums = functional.values_backward_kernel(
-                blocks, functional.format_constants(e, m), scale, grad, ())
+                blocks, functional.format_constants(e, m), scale, grad, (), kernels)
             results.append((out, scale, sums))
         return results
 
-    assert functional._KERNELS["forward"] is not functional._EAGER["forward"]
-    compiled = run()
-    functional.enable_compile(False)
-    eager = run()
+    assert compiled_kernels.forward is not functional.EAGER.forward
+    compiled = run(compiled_kernels)
+    eager = run(functional.EAGER)
     for (_, _, exact), (out, scale, sums), (out_c, scale_c, sums_c) in zip(cases, eager, compiled):
         assert torch.equal(scale, scale_c)
         if exact:
@@ -460,8 +460,7 @@ def test_compiled_bfloat16_kernels_find_the_eager_block_scales(compiled_kernels)
     blocks = torch.randn(64, 16, 32) * torch.exp2(torch.randint(-6, 6, (64, 16, 1)).float())
     blocks = blocks.bfloat16()
     constants = functional.format_constants(torch.tensor(4.0), torch.tensor(3.0))
-    compiled = functional.forward_kernel(blocks, constants, "floor")
-    functional.enable_compile(False)
-    eager = functional.forward_kernel(blocks, constants, "floor")
+    compiled = functional.forward_kernel(blocks, constants, "floor", compiled_kernels)
+    eager = functional.forward_kernel(blocks, constants, "floor", functional.EAGER)
     assert torch.equal(compiled[1], eager[1])
     assert torch.equal(compiled[0], eager[0])

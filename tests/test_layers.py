@@ -17,8 +17,9 @@ LAYERS = {
     "formats": 0,
     "profiling": 0,
     "distributed": 0,
+    "console": 1,  # the progress lines of the commands
     "data": 1,
-    "models": 1,  # the math
+    "loading": 1,  # the math
     "functional": 1,
     "core": 2,  # Brevitas glue: proxies, injectors, layers
     "proxy": 3,
@@ -28,8 +29,10 @@ LAYERS = {
     "solver": 7,
     "baselines": 7,
     "evaluate": 7,
+    "weight_rounding": 7,  # GPTQ and its kin on finalized models
     "export": 8,  # the command line and the Brevitas registries
     "llm_args": 9,
+    "pipeline": 9,  # the steps both entry points share
     "brevitas_plugin": 10,
     "llm": 10,
     "pareto": 11,
@@ -53,8 +56,12 @@ def _modules():
 
 def _imports(name: str, path: str):
     """The brevitas_dmx modules that ``name`` imports, anywhere in its code."""
+    yield from _imports_of_tree(name, path, ast.parse(open(path).read()))
+
+
+def _imports_of_tree(name: str, path: str, tree):
     is_package = path.endswith("__init__.py")
-    for node in ast.walk(ast.parse(open(path).read())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "brevitas_dmx")
         elif isinstance(node, ast.ImportFrom):
@@ -105,3 +112,76 @@ def test_dmx_run_module_imports_without_onnx():
     code = "import sys, brevitas_dmx.llm; print('onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+# Sizes past which a module of the run's package, or any function, should be split.
+MAX_LLM_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_module_of_the_run_package_is_over_its_size():
+    long = []
+    for name, path in _modules():
+        if name.startswith("brevitas_dmx.llm."):
+            with open(path) as f:
+                lines = len(f.read().splitlines())
+            if lines > MAX_LLM_MODULE_LINES:
+                long.append(f"{name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
+def test_no_function_is_over_its_size():
+    long = []
+    for name, path in _modules():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
+
+
+def _type_checking_only(path: str) -> set:
+    """The line numbers of imports under ``if TYPE_CHECKING:``, which never run."""
+    lines = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            lines |= {n.lineno for child in node.body for n in ast.walk(child)}
+    return lines
+
+
+def _runtime_imports(name: str, path: str):
+    skipped = _type_checking_only(path)
+    tree = ast.parse(open(path).read())
+    kept = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    kept = [n for n in kept if n.lineno not in skipped]
+    return list(_imports_of_tree(name, path, ast.Module(body=kept, type_ignores=[])))
+
+
+def test_no_import_cycle_between_modules():
+    graph = {name: set() for name, _ in _modules()}
+    for name, path in _modules():
+        for imported in _runtime_imports(name, path):
+            target = imported
+            while target not in graph and "." in target:  # ``from a.b import name``
+                target = target.rsplit(".", 1)[0]
+            if target in graph and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for child in graph[node]:
+            if state.get(child) == "open":
+                return path + [child]
+            if child not in state:
+                cycle = visit(child, path + [child])
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        return None
+
+    for node in graph:
+        if node not in state:
+            cycle = visit(node, [node])
+            assert cycle is None, " -> ".join(cycle)

@@ -10,6 +10,7 @@ import torch
 import brevitas_dmx as dmx
 from brevitas_dmx.nn import DMXQuantLinear
 from brevitas_dmx.profiling import saved_tensor_bytes
+from brevitas_dmx.proxy import dmx_quant_of
 from brevitas_dmx.quant import DMXFloatAct
 from brevitas_dmx.quant import DMXFloatStaircaseAct
 from brevitas_dmx.quant import DMXFloatStaircaseWeight
@@ -69,6 +70,11 @@ def test_eval_and_no_grad_take_the_stock_path():
         assert torch.equal(stock(x), fused(x))
 
 
+def _quantizers(layer):
+    """(weight quantizer, input quantizer) of a dMX layer."""
+    return dmx_quant_of(layer.weight_quant), dmx_quant_of(layer.input_quant)
+
+
 def _step(layer, x):
     """(output, input grad, offset grads) of one training step of ``layer``."""
     for offset in dmx.dmx_offsets(layer):
@@ -81,12 +87,15 @@ def _step(layer, x):
 
 def test_compiled_step_matches_the_eager_one(compiled_kernels):
     from brevitas_dmx import functional
-    assert functional._KERNELS["linear_forward"] is not functional._EAGER["linear_forward"]
-    assert functional._KERNELS["linear_backward"] is not functional._EAGER["linear_backward"]
+    assert compiled_kernels.linear_forward is not functional.EAGER.linear_forward
+    assert compiled_kernels.linear_backward is not functional.EAGER.linear_backward
     _, fused = _pair(True, DMXFloatWeight, DMXFloatAct, 1.3)
+    dmx.use_compiled_kernels(fused, True)
+    assert all(q.kernels is compiled_kernels for q in _quantizers(fused))
     x = torch.randn(3, 5, 96) * torch.logspace(-3, 2, 96)
     compiled = _step(fused, x)
-    functional.enable_compile(False)
+    dmx.use_compiled_kernels(fused, False)
+    assert all(q.kernels is functional.EAGER for q in _quantizers(fused))
     eager = _step(fused, x)
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
@@ -111,6 +120,7 @@ def test_compiled_step_compiles_once_for_every_weight_shape(compiled_kernels):
     ]
     for layer in layers:
         dmx.train_only_offsets(layer)
+        dmx.use_compiled_kernels(layer, True)
         layer.train()
     with dmx.batched_formats(layers[0]):  # the constants as the trainer gives them
         _step(layers[0], torch.randn(3, 5, 64))
@@ -119,3 +129,19 @@ def test_compiled_step_compiles_once_for_every_weight_shape(compiled_kernels):
             with dmx.batched_formats(layer):
                 _step(layer, torch.randn(2, rows, layer.in_features))
         layers[0](torch.randn(4, 64)).pow(2).sum().backward()  # an input that requires no grad
+
+
+def test_use_compiled_kernels_switches_only_its_model_and_survives_a_reload():
+    # the kernels are the model's choice: another model keeps its own, and Brevitas's rebuild
+    # of the quantizers on a state-dict load keeps it (compiling nothing: torch.compile is lazy)
+    from brevitas_dmx import functional
+    _, fused = _pair(False, DMXFloatWeight, DMXFloatAct, 1.3)
+    _, other = _pair(False, DMXFloatWeight, DMXFloatAct, 1.3)
+    dmx.use_compiled_kernels(fused, True)
+    before = _quantizers(fused)
+    assert all(q.kernels is functional.compiled_kernels() for q in before)
+    assert all(q.kernels is functional.EAGER for q in _quantizers(other))
+    fused.load_state_dict(fused.state_dict())
+    assert all(q.kernels is functional.compiled_kernels() for q in _quantizers(fused))
+    dmx.use_compiled_kernels(fused, False)
+    assert all(q.kernels is functional.EAGER for q in _quantizers(fused))

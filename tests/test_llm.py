@@ -153,10 +153,10 @@ def test_target_is_required(tiny_folder, text_file, capsys, no_model_loading):
 
 def test_brevitas_flags_that_do_not_compose_yet_are_refused_up_front(
         tiny_folder, text_file, tmp_path, capsys, no_model_loading):
-    argv = _argv(tiny_folder, text_file, tmp_path, "--ln-affine-merge", "--gptq")
+    argv = _argv(tiny_folder, text_file, tmp_path, "--ln-affine-merge", "--bias-corr")
     assert llm.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--gptq" in err and "--ln-affine-merge" in err and "cannot be combined with --dmx" in err
+    assert "--bias-corr" in err and "--ln-affine-merge" in err and "cannot be combined with --dmx" in err
 
 
 def test_unknown_ladder_is_refused_naming_the_flag(tiny_folder, capsys, no_model_loading):
@@ -224,7 +224,7 @@ def test_float_cache_spares_the_second_float_evaluation(
     def refuse(*args, **kwargs):
         raise AssertionError("the float model was evaluated again")
 
-    monkeypatch.setattr(llm, "window_nll", refuse)
+    monkeypatch.setattr(llm.cache, "window_nll", refuse)
     assert llm.main(_float_argv(tiny_folder, text_file, tmp_path / "second", cache)) == 0
     second = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert second["float_ppl"] == first["float_ppl"]
@@ -316,3 +316,133 @@ def test_interrupted_retarget_run_is_run_again_not_resumed(tmp_path):
     note = llm.interruption_note(["--dmx", "--dmx-retarget-from", "src"], args)
     assert note.endswith("run again: brevitas_dmx_llm --dmx --dmx-retarget-from src")
     assert "--dmx-resume" not in note
+
+
+def _console(*argv) -> str:
+    """stdout and stderr of the installed console command's code, in a fresh process."""
+    import subprocess
+    import sys
+    code = "from brevitas_dmx.cli import console_main; console_main()"
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return out.stdout + out.stderr
+
+
+def test_a_refused_command_prints_exactly_one_line(tiny_folder, text_file, tmp_path):
+    out = _console(
+        *tiny_run_argv(
+            tiny_folder, text_file, tmp_path, "--dmx-target-bits", "6", "--dmx-steps", "0"))
+    assert out.splitlines() == ["brevitas_dmx_llm: error: --dmx-steps must be positive, got 0"]
+
+
+def test_an_abbreviated_flag_is_refused(tiny_folder, text_file, tmp_path, capsys):
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-target-bits", "6")
+    assert llm.main(argv + ["--dmx-step", "10"]) == 2
+    assert "unrecognized arguments: --dmx-step 10" in capsys.readouterr().err
+
+
+def test_one_flag_without_dmx_is_named_in_the_singular(tiny_folder, capsys, no_model_loading):
+    assert llm.main(["--model", tiny_folder, "--dmx-target-bits", "6"]) == 2
+    assert "--dmx-target-bits needs --dmx" in capsys.readouterr().err
+
+
+def test_a_run_without_seqlen_uses_the_device_default_and_says_so(
+        tiny_folder, text_file, tmp_path, capsys):
+    from brevitas_dmx.llm.validate import default_seqlen
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-method", "float")
+    del argv[argv.index("--seqlen"):argv.index("--seqlen") + 2]
+    assert llm.main(argv + ["--dmx-eval-windows", "1"]) == 0
+    assert f"--seqlen not set: windows of {default_seqlen()} tokens" in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["seqlen"] == default_seqlen()
+
+
+def test_metrics_carry_their_schema_version(finished_run):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert metrics["schema_version"] == llm.SCHEMA_VERSION
+
+
+def test_results_written_before_the_schema_version_read_as_version_one():
+    record = llm.RunRecord.from_json(
+        {
+            "method": "dmx", "quant_ppl": 30.0, "uniform_mxfp4_e2m1_ppl": 40
+        })
+    assert record.schema_version == 1 and record.uniform == {"mxfp4_e2m1": 40}
+
+
+def test_validation_leaves_the_arguments_as_parsed(tiny_folder, text_file, tmp_path):
+    parser, args, _, defaults = llm.parse(
+        tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-target-bits", "6"))
+    before = dict(vars(args))
+    plan = llm.validate(parser, args, defaults)
+    assert vars(args) == before
+    assert [f.name for f in plan.ladder.formats] == ["e2m1", "e2m3"]
+    assert plan.rounding == "anneal" and plan.ladder_auto and args.dmx_ladder == "auto"
+
+
+def test_a_registered_method_runs_through_the_pipeline(tiny_folder, text_file, tmp_path):
+    """A method defined here, registered, and run by name: no other module changes."""
+
+    class AllHigh(llm.Method):
+        name = "all-high"
+
+        def preset(self, plan, layer_names):
+            return {name: plan.ladder.formats[-1].name for name in layer_names}
+
+    from brevitas_dmx.llm import methods
+    llm.register_method(AllHigh)
+    try:
+        argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-method", "all-high")
+        assert llm.main(argv + ["--dmx-ladder", "e2m1,e4m3"]) == 0
+    finally:
+        del methods.REGISTRY["all-high"]
+    fmap = json.loads((tmp_path / "format_map.json").read_text())
+    assert {e["weight"] for e in fmap.values()} == {"e4m3"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["method"] == "all-high"
+
+
+@pytest.fixture(scope="module")
+def distilled_run(tiny_folder, text_file, tmp_path_factory):
+    """A kd run scored on two more texts."""
+    from conftest import local_text
+    folder = tmp_path_factory.mktemp("kd")
+    texts = []
+    for seed in (1, 2):
+        path = folder / f"text{seed}.txt"
+        path.write_text(local_text(300, seed=seed))
+        texts.append(str(path))
+    out = folder / "run"
+    argv = _argv(tiny_folder, text_file, out, "--dmx-loss", "kd", "--dmx-eval-datasets", *texts)
+    assert llm.main(argv + ["--dmx-eval-seqlen", "64", "--dmx-eval-text-windows", "3"]) == 0
+    return out, texts
+
+
+def test_every_extra_text_gets_its_perplexity_in_the_metrics(distilled_run):
+    out, texts = distilled_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["texts"]) == texts
+    for text in metrics["texts"].values():
+        assert text["seqlen"] == 64 and text["windows"] == 3 and len(text["window_nll"]) == 3
+        assert text["quant_ppl"] > 0 and set(text["uniform"]) == {"mxfp4_e2m1", "mxfp6_e2m3"}
+        assert set(text["paired"]) == {"float", "uniform_mxfp4_e2m1", "uniform_mxfp6_e2m3"}
+
+
+def test_extra_texts_are_scored_on_different_windows(distilled_run):
+    metrics = json.loads((distilled_run[0] / "metrics.json").read_text())
+    fingerprints = {t["fingerprint"] for t in metrics["texts"].values()}
+    assert len(fingerprints) == 2 and metrics["eval_fingerprint"] not in fingerprints
+
+
+def test_an_unknown_extra_text_is_refused_before_the_model_loads(
+        tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = _argv(tiny_folder, text_file, tmp_path, "--dmx-eval-datasets", "nowhere.txt")
+    assert llm.main(argv) == 2
+    assert "--dmx-eval-datasets 'nowhere.txt'" in capsys.readouterr().err
+
+
+def test_kd_needs_training(tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = tiny_run_argv(tiny_folder, text_file, tmp_path, "--dmx-method", "float")
+    assert llm.main(argv + ["--dmx-loss", "kd"]) == 2
+    assert "--dmx-loss kd is dMX's training objective" in capsys.readouterr().err

@@ -180,7 +180,7 @@ def test_format_map_of_unknown_layers_fails_before_the_float_evaluation(
     def refuse(*args, **kwargs):
         raise AssertionError("the float model was evaluated before the map's layers were checked")
 
-    monkeypatch.setattr(llm, "_float_window_nll", refuse)
+    monkeypatch.setattr(llm.stages, "float_window_nll", refuse)
     path = tmp_path / "map.json"
     path.write_text(
         json.dumps({
@@ -224,7 +224,7 @@ def test_fisher_warm_start_begins_training_on_the_fisher_formats(
         init_offsets(model, projection)
         started["raw"] = [float(o.raw_offset.detach()) for o in dmx.dmx_offsets(model)]
 
-    monkeypatch.setattr(llm, "init_offsets", record_start)
+    monkeypatch.setattr(llm.methods, "init_offsets", record_start)
     common = tiny_run_argv(
         tiny_folder,
         text_file,

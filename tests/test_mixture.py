@@ -35,7 +35,7 @@ def _weight_quantizer(rounding, raw):
 def _at_format(quant, weight, name):
     quant.pin(element_format(name))
     try:
-        return quant(weight)[0].detach()
+        return quant(weight).value.detach()
     finally:
         quant.unpin()
 
@@ -50,12 +50,12 @@ def test_blend_is_the_weighted_sum_of_the_two_formats_around_the_offset():
     quant, weight = _weight_quantizer("blend", 3.0)  # beta 3: halfway from E2M3 to E4M3
     low, high = _at_format(quant, weight, "e2m3"), _at_format(quant, weight, "e4m3")
     assert not torch.equal(low, high)
-    torch.testing.assert_close(quant(weight)[0], 0.5 * (low + high), rtol=0, atol=1e-6)
+    torch.testing.assert_close(quant(weight).value, 0.5 * (low + high), rtol=0, atol=1e-6)
 
 
 def test_blend_at_a_knot_is_that_format_exactly():
     quant, weight = _weight_quantizer("blend", 2.0)
-    assert torch.equal(quant(weight)[0].detach(), _at_format(quant, weight, "e2m3"))
+    assert torch.equal(quant(weight).value.detach(), _at_format(quant, weight, "e2m3"))
 
 
 def test_sample_is_one_of_the_two_formats_and_draws_both():
@@ -64,7 +64,7 @@ def test_sample_is_one_of_the_two_formats_and_draws_both():
     torch.manual_seed(0)
     drawn = []
     for _ in range(16):
-        y = quant(weight)[0].detach()
+        y = quant(weight).value.detach()
         is_low = torch.allclose(y, low, rtol=0, atol=1e-6)
         assert is_low or torch.allclose(y, high, rtol=0, atol=1e-6)
         drawn.append(is_low)
@@ -77,7 +77,7 @@ def test_offset_gradient_is_the_inner_product_with_the_format_difference(roundin
     bd.set_temperature(quant.offset, 0.4)  # a smooth F, so that d beta / d raw is not zero
     low, high = _at_format(quant, weight, "e2m3"), _at_format(quant, weight, "e4m3")
     grad_out = torch.randn_like(low)
-    (quant(weight)[0] * grad_out).sum().backward()
+    (quant(weight).value * grad_out).sum().backward()
     raw = quant.offset.raw_offset
     dbeta = torch.autograd.grad(quant.offset(), raw)[0]
     length = ladder("e2m1,e2m3,e4m3").segments[1][1]
@@ -88,7 +88,7 @@ def test_offset_gradient_is_the_inner_product_with_the_format_difference(roundin
 def test_blend_leaves_evaluation_on_the_discrete_format():
     quant, weight = _weight_quantizer("blend", 2.6)
     quant.eval()
-    assert torch.equal(quant(weight)[0], _at_format(quant, weight, "e2m3"))
+    assert torch.equal(quant(weight).value, _at_format(quant, weight, "e2m3"))
 
 
 @pytest.mark.parametrize("rounding", ["blend", "sample"])

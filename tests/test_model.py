@@ -81,7 +81,7 @@ def test_apply_format_map_pins_weight_and_input_formats():
 def test_pinned_format_holds_in_training_mode():
     model = _two_layer_model().train()
     bd.apply_format_map(model, {"0": "e4m3"})
-    assert bd.average_bits(model, "memory").item() == pytest.approx(
+    assert bd.average_bits(model, "memory", False).item() == pytest.approx(
         (
             8 * 64 * 96
             + bd.dmx_layers(model)[1][1].weight_quant.tensor_quant.bits().item() * 96 * 32) /
@@ -119,13 +119,13 @@ def test_simple_size_and_memory_averages():
     model = _two_layer_model()
     bd.apply_format_map(model, {"0": "e4m3", "2": "e2m1"})
     model(torch.randn(2, 10, 64))
-    assert bd.average_bits(model, "simple").item() == pytest.approx(6.0)
+    assert bd.average_bits(model, "simple", False).item() == pytest.approx(6.0)
     weights = (8 * 64 * 96 + 4 * 96 * 32) / (64 * 96 + 96 * 32)
-    assert bd.average_bits(model, "memory").item() == pytest.approx(weights)
+    assert bd.average_bits(model, "memory", False).item() == pytest.approx(weights)
     sizes = [64 * 96, 96 * 32, 10 * 64, 10 * 96]
     bits = [8, 4, 8, 4]
     size = sum(s * b for s, b in zip(sizes, bits)) / sum(sizes)
-    assert bd.average_bits(model, "size").item() == pytest.approx(size)
+    assert bd.average_bits(model, "size", False).item() == pytest.approx(size)
     assert bd.average_bits(
         model, "size", include_scale_bits=True).item() == pytest.approx(size + 0.25)
 

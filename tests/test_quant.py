@@ -204,13 +204,13 @@ def test_eval_reuses_the_quantized_weight_until_weight_or_format_changes():
     layer = _linear().eval()
     quant = _quants(layer)[0]
     with torch.no_grad():
-        first = quant(layer.weight)[0]
-        assert quant(layer.weight)[0] is first
+        first = quant(layer.weight).value
+        assert quant(layer.weight).value is first
         layer.weight.mul_(2.0)  # in place: the version counter changes
-        second = quant(layer.weight)[0]
+        second = quant(layer.weight).value
         assert second is not first and torch.equal(second, 2 * first)
         bd.apply_format_map(layer, {"": "e4m3"})
-        assert not torch.equal(quant(layer.weight)[0], second)
+        assert not torch.equal(quant(layer.weight).value, second)
 
 
 def test_training_mode_never_uses_the_eval_cache():
@@ -219,6 +219,16 @@ def test_training_mode_never_uses_the_eval_cache():
     with torch.no_grad():
         quant(layer.weight)
     layer.train()
-    out = quant(layer.weight)[0]
+    out = quant(layer.weight).value
     assert quant._eval_cache is None
     assert out.grad_fn is not None  # the offset's gradient path is there
+
+
+def test_the_quantizer_output_names_its_fields_and_feeds_brevitas_quant_tensors():
+    layer = _linear().eval()
+    weight_quant, _ = _quants(layer)
+    out = weight_quant(layer.weight)
+    assert isinstance(out, tuple) and out.saturating and out.inf_values is None
+    assert torch.equal(out.exponent_bias, 2**(out.exponent_bit_width - 1) - 1)
+    quant_weight = layer.quant_weight()  # the proxy unpacks it into a GroupwiseFloatQuantTensor
+    assert torch.equal(quant_weight.scale_, out.scale)

@@ -326,3 +326,94 @@ def test_export_needs_neither_onnx_nor_quark(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def deployed(tiny_folder, text_file, tmp_path_factory):
+    """A dMX run at 7 bits under --dmx-deploy vllm-quark, with both checkpoints."""
+    root = tmp_path_factory.mktemp("deploy")
+    argv = tiny_run_argv(
+        tiny_folder,
+        text_file,
+        root / "run",
+        "--dmx-deploy",
+        "vllm-quark",
+        "--dmx-target-bits",
+        "7",
+        "--dmx-steps",
+        "4",
+        "--dmx-batch-size",
+        "4",
+        "--dmx-save-pretrained",
+        str(root / "checkpoint"),
+        "--dmx-export-quark",
+        str(root / "quark"))
+    assert llm.main(argv) == 0
+    return root
+
+
+def test_deploy_target_map_is_in_the_served_set(deployed):
+    from brevitas_dmx.export.vllm_quark import deployable_combinations
+    fmap = json.loads((deployed / "run" / "format_map.json").read_text())
+    assert all((e["weight"], e["input"]) in deployable_combinations() for e in fmap.values())
+    assert len({fmap[f"model.layers.0.self_attn.{p}_proj"]["weight"] for p in "qkv"}) == 1
+
+
+def test_deploy_target_checkpoint_loads_with_the_tools_logits(deployed):
+    pytest.importorskip("quark")
+    from transformers import AutoModelForCausalLM
+    reference = dmx.load_pretrained(str(deployed / "checkpoint"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(deployed / "quark"), dtype=torch.float32)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=torch.Generator())
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_gptq_weights_reach_the_quark_checkpoint(tiny_folder, text_file, tmp_path):
+    pytest.importorskip("quark")
+    from transformers import AutoModelForCausalLM
+    argv = tiny_run_argv(
+        tiny_folder,
+        text_file,
+        tmp_path / "run",
+        "--dmx-deploy",
+        "vllm-quark",
+        "--dmx-target-bits",
+        "5",
+        "--dmx-steps",
+        "4",
+        "--gptq",
+        "--dmx-save-pretrained",
+        str(tmp_path / "checkpoint"),
+        "--dmx-export-quark",
+        str(tmp_path / "quark"))
+    assert llm.main(argv) == 0
+    reference = dmx.load_pretrained(str(tmp_path / "checkpoint"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "quark"), dtype=torch.float32)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=torch.Generator())
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_deploy_target_refuses_a_ladder_vllm_does_not_load(
+        tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = tiny_run_argv(
+        tiny_folder,
+        text_file,
+        tmp_path,
+        "--dmx-deploy",
+        "vllm-quark",
+        "--dmx-target-bits",
+        "7",
+        "--dmx-ladder",
+        "e2m3,e4m3")
+    assert llm.main(argv) == 2
+    assert "vLLM does not load e4m3" in capsys.readouterr().err
+
+
+def test_deploy_target_refuses_a_budget_under_its_reach_naming_the_range(
+        tiny_folder, text_file, tmp_path, capsys, no_model_loading):
+    argv = tiny_run_argv(
+        tiny_folder, text_file, tmp_path, "--dmx-deploy", "vllm-quark", "--dmx-target-bits", "4")
+    assert llm.main(argv) == 2
+    assert "4.25 to 8.25 bits" in capsys.readouterr().err

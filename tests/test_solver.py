@@ -194,7 +194,8 @@ def test_projection_prefers_layers_training_pushed_up():
     values[6] = 1.9  # model.layers.0.mlp.down_proj
     values[2] = 1.2  # model.layers.0.self_attn.v_proj
     _set_offsets(model, values)
-    project_model(model, 4.0 + 4.0 / 14 + 1e-9)  # room for exactly one layer at MXFP8
+    project_model(
+        model, 4.0 + 4.0 / 14 + 1e-9, "simple", False)  # room for exactly one layer at MXFP8
     fmap = bd.format_map(model)
     assert fmap["model.layers.0.mlp.down_proj"]["weight"] == "e4m3"
     assert sum(e["weight"] == "e4m3" for e in fmap.values()) == 1
@@ -208,7 +209,7 @@ def test_projection_leaves_layers_training_lowered_at_their_start():
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     values = [0.3 if i % 2 else -0.2 for i in range(14)]  # started at 0: odd raised, even lowered
     _set_offsets(model, values)
-    result = project_model(model, 8.0)  # room for every layer at MXFP8
+    result = project_model(model, 8.0, "simple", False)  # room for every layer at MXFP8
     fmap = bd.format_map(model)
     names = [name for name in fmap if name != "lm_head"]
     assert [fmap[name]["weight"] for name in names] == ["e2m1", "e4m3"] * 7
@@ -221,14 +222,14 @@ def test_projection_fills_the_budget_in_offset_order_when_no_start_is_known():
     problem = budget_problem(model)
     for unit in problem.units:
         unit.start_offset = None  # a run recorded before start offsets were
-    assert project(problem, 8.0).average == pytest.approx(8.0)
+    assert project(problem, 8.0, "simple", False).average == pytest.approx(8.0)
 
 
 def test_a_lowered_offset_keeps_at_most_the_format_it_started_on():
     unit = Unit(1.8, "e2m1,e2m3,e4m3", [Member("l0", "weight", 64)], start_offset=2.0)
-    assert project(BudgetProblem([unit], []), 8.0).betas == [2]
+    assert project(BudgetProblem([unit], []), 8.0, "simple", False).betas == [2]
     unit.raw_offset = 2.1  # raised past its start: the budget may take it higher
-    assert project(BudgetProblem([unit], []), 8.0).betas == [4]
+    assert project(BudgetProblem([unit], []), 8.0, "simple", False).betas == [4]
 
 
 def test_a_warm_start_moves_the_start_offsets():

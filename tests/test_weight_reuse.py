@@ -243,3 +243,17 @@ def test_trainer_shares_only_when_accumulating_and_not_under_fsdp(tmp_path):
     sharded = trainer(2)
     sharded.is_fsdp_enabled = True  # as accelerate's FSDP plugin sets it (GPUs only)
     assert not sharded.shares_weight_work
+
+
+def test_each_layer_holds_its_own_reuse_only_inside_the_block():
+    model, other = _model(), _model(1)
+    layers = [m for m in model.modules() if isinstance(m, DMXQuantLinear)]
+    others = [m for m in other.modules() if isinstance(m, DMXQuantLinear)]
+    assert "weight_reuse" not in vars(DMXQuantLinear)  # no class-wide state
+    with dmx.reusing_quantized_weights(model) as reuse:
+        assert all(m.weight_reuse is reuse for m in layers)
+        assert all(m.weight_reuse is None for m in others)
+        with dmx.reusing_quantized_weights(model) as inner:
+            assert all(m.weight_reuse is inner for m in layers)
+        assert all(m.weight_reuse is reuse for m in layers)
+    assert all(m.weight_reuse is None for m in layers)

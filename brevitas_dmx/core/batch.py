@@ -14,10 +14,12 @@ small product in backward.
 
 The values are those of the quantizers' own computation, elementwise; vectorized ``exp2`` and
 ``sigmoid`` may differ from their scalar evaluation in the last bit at fractional formats, and
-at hardware formats everything is exact. A batch is valid only inside the forward pass it was
-computed for (``brevitas_dmx.batched_formats`` computes it before the model's forward and drops
-it after);
-outside one, every quantizer computes its own format as before.
+at hardware formats everything is exact. ``brevitas_dmx.batched_formats`` gives every quantizer
+of the model a reference to one batch for the whole block (``DMXFloatQuant.format_batch``); the
+batch is valid only inside the forward pass it was computed for (computed before the model's
+forward and cleared after), and a quantizer asks it for its slot (``FormatBatch.slot``), which
+there is only while it is valid. Outside a valid batch, every quantizer computes its own format
+as before.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -88,14 +90,17 @@ class FormatBatch:
     """The formats of ``quantizers`` (learnable ones; pinned or evaluating ones are skipped at
     each ``compute``), computed together.
 
-    After ``compute``, quantizer ``k`` reads its widths from ``e[k]``, ``m[k]`` (views of two
-    vectors: their gradients are gathered by one operation for the whole model), and a fused
-    layer its constants and Jacobians with ``layer_formats``. ``clear`` returns every quantizer
-    to its own computation."""
+    After ``compute``, the quantizer in slot ``k`` (``slot``) reads its widths from ``e[k]``,
+    ``m[k]`` (views of two vectors: their gradients are gathered by one operation for the whole
+    model), and a fused layer its constants and Jacobians with ``layer_formats``. ``clear``
+    empties the slots, so that every quantizer computes its own format again. Quantizers read
+    a batch only through their ``format_batch`` (``bind`` sets it, ``unbind`` clears it)."""
 
     def __init__(self, quantizers: Sequence[DMXFloatQuant]) -> None:
         self.quantizers = list(quantizers)
         self.live: List[DMXFloatQuant] = []
+        # quantizer -> its index in e, m for the pass computed now; empty while not valid
+        self._slots: Dict[DMXFloatQuant, int] = {}
         self.e: Tuple[Tensor, ...] = ()
         self.m: Tuple[Tensor, ...] = ()
         self._constants: Dict[torch.dtype, Tuple[Tensor, ...]] = {}
@@ -113,8 +118,34 @@ class FormatBatch:
             self._jacobian = self._jacobians(live, e_value, m_value)
         self.e, self.m = e.unbind(), m.unbind()
         self.live = live
-        for k, quant in enumerate(live):
-            quant.attach_batch(self, k)
+        self._slots = {quant: k for k, quant in enumerate(live)}
+
+    @property
+    def valid(self) -> bool:
+        """Whether the batch holds formats computed for the forward pass running now."""
+        return bool(self._slots)
+
+    def slot(self, quant: DMXFloatQuant) -> Optional[int]:
+        """``quant``'s index in ``e``, ``m`` for the pass computed now, or None: the batch is not
+        valid (no pass, or outside one) or did not compute ``quant``'s format (pinned, or its
+        offset evaluating)."""
+        return self._slots.get(quant)
+
+    def bind(self) -> List[Tuple[DMXFloatQuant, Optional["FormatBatch"]]]:
+        """Makes this the batch of each of its quantizers (``format_batch``); returns what each
+        had before, for ``unbind``. Read on every forward pass, the reference is what lets a
+        quantizer find its slot; ``batched_formats`` binds once for its block."""
+        previous = [(quant, quant.format_batch) for quant in self.quantizers]
+        for quant in self.quantizers:
+            quant.format_batch = self
+        return previous
+
+    def unbind(self, previous: Sequence[Tuple[DMXFloatQuant, Optional["FormatBatch"]]]) -> None:
+        """Gives each quantizer back the batch ``bind`` found (None outside any block), and
+        empties this batch."""
+        self.clear()
+        for quant, batch in previous:
+            quant.format_batch = batch
 
     @staticmethod
     def _jacobians(live, e: Tensor, m: Tensor) -> Tensor:
@@ -127,9 +158,7 @@ class FormatBatch:
         return jacobian
 
     def clear(self) -> None:
-        for quant in self.live:
-            quant.detach_batch()
-        self.live, self.e, self.m = [], (), ()
+        self.live, self._slots, self.e, self.m = [], {}, (), ()
         self._constants, self._jacobian = {}, None
 
     def constants(self, k: int, dtype: torch.dtype) -> Tuple[Tensor, ...]:

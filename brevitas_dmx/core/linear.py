@@ -47,8 +47,10 @@ from torch import Tensor
 import torch.nn.functional as F
 
 from brevitas_dmx.functional import backward_kernel
+from brevitas_dmx.functional import EAGER
 from brevitas_dmx.functional import format_constants
 from brevitas_dmx.functional import forward_kernel
+from brevitas_dmx.functional import Kernels
 from brevitas_dmx.functional import linear_backward_kernel
 from brevitas_dmx.functional import linear_forward_kernel
 from brevitas_dmx.functional import math_dtype
@@ -61,12 +63,14 @@ from brevitas_dmx.functional import width_shape
 
 @dataclass(frozen=True)
 class LinearSpec:
-    """What stays fixed within one call of the fused step: the block size (features per scale)
-    and the scale rules (``SCALE_RULES``) of the weight and of the input."""
+    """What stays fixed within one call of the fused step: the block size (features per scale),
+    the scale rules (``SCALE_RULES``) of the weight and of the input, and the element kernels
+    that run it, forward and backward (``EAGER`` or ``compiled_kernels()``)."""
 
     group: int
     rule_w: str
     rule_x: str
+    kernels: Kernels = EAGER
 
 
 # (input constants, weight constants, width Jacobians of shape (2, 2, 3) or None): a fused
@@ -227,7 +231,7 @@ class _DMXLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, e_w, m_w, e_x, m_x, spec, formats, shared):
-        group, rule_w, rule_x = spec.group, spec.rule_w, spec.rule_x
+        group, rule_w, rule_x, kernels = spec.group, spec.rule_w, spec.rule_x, spec.kernels
         if formats is None:
             formats = _pair_formats(x, weight, e_x, m_x, e_w, m_w, rule_x, rule_w)
         const_x, const_w, jacobian = formats
@@ -238,15 +242,17 @@ class _DMXLinear(torch.autograd.Function):
             # one kernel call for both quantizers and the product, over the rows of x
             out, scale_x, scale_w = linear_forward_kernel(
                 *_kernel_operands(x, weight, group), *_detached(bias), const_x, const_w, rule_x,
-                rule_w)
+                rule_w, kernels=kernels)
             out = out.view(*x.shape[:-1], out.shape[-1])
             scale_x = scale_x.view(*x.shape[:-1], *scale_x.shape[-2:])
         else:
-            xq, scale_x = forward_kernel(x.unflatten(-1, (-1, group)), const_x, rule_x)
+            xq, scale_x = forward_kernel(
+                x.unflatten(-1, (-1, group)), const_x, rule_x, kernels=kernels)
             if shared is not None and shared.values is not None:
                 wq, scale_w = shared.values, shared.scale
             else:
-                wq, scale_w = forward_kernel(weight.unflatten(-1, (-1, group)), const_w, rule_w)
+                wq, scale_w = forward_kernel(
+                    weight.unflatten(-1, (-1, group)), const_w, rule_w, kernels=kernels)
                 if shared is not None:
                     shared.values, shared.scale = wq, scale_w
             out = F.linear(xq.flatten(-2), wq.flatten(-2), bias)
@@ -263,6 +269,7 @@ class _DMXLinear(torch.autograd.Function):
         x, weight, e_w, m_w, e_x, m_x, scale_x, scale_w, *constants = ctx.saved_tensors
         const_x, const_w, jacobian = tuple(constants[:4]), tuple(constants[4:8]), constants[8:]
         group, rule_w, rule_x = ctx.spec.group, ctx.spec.rule_w, ctx.spec.rule_x
+        kernels = ctx.spec.kernels
         # need_b is False where the bias is None: autograd sees no tensor there
         need_x, _, need_b = ctx.needs_input_grad[:3]
         need_fw = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
@@ -277,7 +284,8 @@ class _DMXLinear(torch.autograd.Function):
             grad_x, sums_x, sums_w = linear_backward_kernel(
                 *_kernel_operands(x, weight, group), const_x, const_w,
                 *_detached(scale_x.view(-1, *scale_x.shape[-2:]), scale_w),
-                *_detached(grad_2d.contiguous()))  # contiguous: a stride-0 gradient recompiles
+                *_detached(grad_2d.contiguous()),  # contiguous: a stride-0 gradient recompiles
+                kernels=kernels)
             grad_x = grad_x.view(x.shape) if need_x else None
         else:
             # the format shapes, also for width_grads below (reached only from this branch)
@@ -285,23 +293,30 @@ class _DMXLinear(torch.autograd.Function):
             xb = x.unflatten(-1, (-1, group))
             wb = weight.unflatten(-1, (-1, group))
             # d loss / d (quantized weight) = grad^T @ quantized input
-            xq, _ = forward_kernel(xb.reshape(-1, *xb.shape[-2:]), const_x, rule_x)
+            xq, _ = forward_kernel(xb.reshape(-1, *xb.shape[-2:]), const_x, rule_x, kernels=kernels)
             grad_wq = _weight_grad(grad_2d.t(), xq.flatten(-2), shared)
             del xq
             if shared is None:
                 wq, *sums_w = values_backward_kernel(
-                    wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+                    wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w,
+                    kernels=kernels)
             else:  # the step's quantized weight; the sums over the gradient summed so far, once
                 sums_w = None
                 if last:  # linear in the gradient: a layer run twice sums in two parts, exactly
                     sums_w = sums_kernel(
-                        wb, const_w, scale_w, grad_wq.unflatten(-1, (-1, group)), shape_w)
+                        wb,
+                        const_w,
+                        scale_w,
+                        grad_wq.unflatten(-1, (-1, group)),
+                        shape_w,
+                        kernels=kernels)
                     shared.values = shared.scale = shared.grad = None
             del grad_wq
             if need_x or need_fx:
                 grad_xq = grad_out.matmul(wq.flatten(-2).to(grad_out.dtype))
                 grad_xb, *sums_x = backward_kernel(
-                    xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x)
+                    xb, const_x, scale_x, grad_xq.unflatten(-1, (-1, group)), shape_x,
+                    kernels=kernels)
                 grad_x = grad_xb.flatten(-2) if need_x else None
         grad_e_w = grad_m_w = None
         need_fw = need_fw and sums_w is not None  # else the weight's sums wait for the last

@@ -3,7 +3,7 @@
 """The tensor quantizer behind the dMX proxies: an MX float quantizer with a learnable format."""
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, TYPE_CHECKING
 
 from brevitas import config
 from brevitas.core.function_wrapper.shape import DynamicOverSubChannelBlockView
@@ -12,25 +12,51 @@ import torch
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.config import KNOT_MIXTURES
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import ElementFormat
 from brevitas_dmx.formats import format_from_bits
+from brevitas_dmx.functional import EAGER
+from brevitas_dmx.functional import Kernels
 from brevitas_dmx.functional import mx_exponent_bias
 from brevitas_dmx.functional import mx_quantize_blocks
 from brevitas_dmx.functional import SCALE_RULES
+
+if TYPE_CHECKING:  # core.batch imports this module
+    from brevitas_dmx.core.batch import FormatBatch
+
+
+class FloatQuantOutput(NamedTuple):
+    """What ``DMXFloatQuant`` returns: the ``tensor_quant`` output of Brevitas's float
+    quantizers, in the order in which Brevitas's groupwise float proxies unpack it into a
+    ``GroupwiseFloatQuantTensor`` (``create_quant_tensor``). A NamedTuple is a tuple, which is
+    all those proxies check (``isinstance(qt_args, tuple)``) before unpacking it, so it crosses
+    their boundary as it is."""
+
+    value: Tensor  # fake-quantized, in Brevitas's group view
+    scale: Tensor  # the shared power-of-two scale of each block
+    zero_point: Tensor
+    exponent_bit_width: Tensor  # fractional while training
+    mantissa_bit_width: Tensor
+    exponent_bias: Tensor
+    saturating: bool
+    inf_values: Optional[Tuple[str, ...]]  # None: saturating MX elements have no inf/NaN codes
+    nan_values: Optional[Tuple[str, ...]]
 
 
 class DMXFloatQuant(nn.Module):
     """Groupwise (MX) float fake-quantization whose element format follows a ``DMXOffset``.
 
-    Follows the ``tensor_quant`` interface of Brevitas's float quantizers: it returns the value
-    in Brevitas's group view, the per-block scale, a zero point, the exponent and mantissa widths
-    (fractional while training), the exponent bias, ``saturating`` and the inf/NaN codes (none:
-    saturating MX elements never produce them).
+    Follows the ``tensor_quant`` interface of Brevitas's float quantizers: it returns a
+    ``FloatQuantOutput`` (the value in Brevitas's group view, the per-block scale, a zero point,
+    the exponent and mantissa widths, the exponent bias, ``saturating`` and the inf/NaN codes).
 
     A quantizer can be pinned to a discrete format; a pinned format wins over the offset.
+    ``kernels`` is the set of element kernels it runs (``brevitas_dmx.use_compiled_kernels``);
+    ``format_batch`` the ``FormatBatch`` it takes its format from while batching is on
+    (``brevitas_dmx.batched_formats``).
     """
 
     def __init__(
@@ -38,7 +64,7 @@ class DMXFloatQuant(nn.Module):
             dmx_offset_impl: DMXOffset,
             group_size: int,
             group_dim: int,
-            dmx_scale_rule: str = "floor",
+            dmx_scale_rule: str = DEFAULT_SCALE_RULE,
             dmx_share_offset: bool = True,
             device: Optional[torch.device] = None) -> None:
         super().__init__()
@@ -62,9 +88,12 @@ class DMXFloatQuant(nn.Module):
         # the weight nor the format changes: evaluation then costs what a float model costs.
         self.caches_eval_output = False
         self._eval_cache = None
-        # (FormatBatch, index) while a batch computed this quantizer's format for the current
-        # forward pass (``brevitas_dmx.batched_formats``), else None: ``attach_batch``.
-        self._batch_slot = None
+        # The element kernels, eager or compiled: chosen per model (``use_compiled_kernels``).
+        self.kernels: Kernels = EAGER
+        # The FormatBatch of the ``batched_formats`` block this quantizer is in, else None. Set
+        # when the block starts and cleared when it ends; the batch itself says, at each forward
+        # pass, whether it computed this quantizer's format for that pass (``FormatBatch.slot``).
+        self.format_batch: Optional["FormatBatch"] = None
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, group_dim={self.group_dim}, scale_rule={self.scale_rule}"
@@ -74,18 +103,12 @@ class DMXFloatQuant(nn.Module):
         return self._pinned
 
     @property
-    def batch_slot(self) -> Optional[Tuple[object, int]]:
+    def batch_slot(self) -> Optional[Tuple["FormatBatch", int]]:
         """(FormatBatch, index) of the batch that computed this quantizer's format for the
-        current forward pass, or None while it computes its own."""
-        return self._batch_slot
-
-    def attach_batch(self, batch, index: int) -> None:
-        """Read the widths from ``batch.e[index]``, ``batch.m[index]`` until ``detach_batch``
-        (``FormatBatch.compute``: valid only within the forward pass it was computed for)."""
-        self._batch_slot = (batch, index)
-
-    def detach_batch(self) -> None:
-        self._batch_slot = None
+        current forward pass, or None while it computes its own; read from ``format_batch``."""
+        batch = self.format_batch
+        index = None if batch is None else batch.slot(self)
+        return None if index is None else (batch, index)
 
     def pin(self, fmt: ElementFormat) -> None:
         self.pinned_widths.copy_(
@@ -100,9 +123,11 @@ class DMXFloatQuant(nn.Module):
         """(exponent_bits, mantissa_bits): continuous in training, discrete in eval or pinned."""
         if self.is_pinned:
             return self.pinned_widths[0], self.pinned_widths[1]
-        if self._batch_slot is not None:
-            batch, k = self._batch_slot
-            return batch.e[k], batch.m[k]
+        batch = self.format_batch
+        if batch is not None:
+            k = batch.slot(self)
+            if k is not None:
+                return batch.e[k], batch.m[k]
         return self.offset.ladder.widths(self.offset())
 
     def widths_on(self, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -139,7 +164,7 @@ class DMXFloatQuant(nn.Module):
         "blend" or "sample"), not with the in-between format of the offset."""
         return self.training and not self.is_pinned and self.offset.rounding in KNOT_MIXTURES
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor) -> FloatQuantOutput:
         self.last_input_shape = tuple(x.shape)
         if self.mixes_formats:
             return self._mixture(x)
@@ -153,16 +178,24 @@ class DMXFloatQuant(nn.Module):
             self._eval_cache = (key, self._quantize(x, e, m))
         return self._eval_cache[1]
 
-    def _quantize(self, x: Tensor, e: Tensor, m: Tensor):
+    def _quantize(self, x: Tensor, e: Tensor, m: Tensor) -> FloatQuantOutput:
         blocks = self.input_view_impl(x)
         block_axis = self.group_dim + 1 if self.group_dim >= 0 else blocks.dim() - 1
         blocks = blocks.movedim(block_axis, -1)
-        y, scale = mx_quantize_blocks(blocks, e, m, self.scale_rule)
+        y, scale = mx_quantize_blocks(blocks, e, m, self.scale_rule, self.kernels)
         y, scale = y.movedim(-1, block_axis), scale.movedim(-1, block_axis)
-        bias = mx_exponent_bias(e)
-        return y, scale, self.zero_point_impl(), e, m, bias, True, None, None
+        return FloatQuantOutput(
+            value=y,
+            scale=scale,
+            zero_point=self.zero_point_impl(),
+            exponent_bit_width=e,
+            mantissa_bit_width=m,
+            exponent_bias=mx_exponent_bias(e),
+            saturating=True,
+            inf_values=None,
+            nan_values=None)
 
-    def _mixture(self, x: Tensor):
+    def _mixture(self, x: Tensor) -> FloatQuantOutput:
         """Training on the ladder's real formats only. Between the formats L and H that bracket
         the offset beta, at fraction t of the way: "blend" gives Q_L(x) + t (Q_H(x) - Q_L(x));
         "sample" gives Q_H(x) with probability t, else Q_L(x) (drawn on every call), with the
@@ -183,9 +216,11 @@ class DMXFloatQuant(nn.Module):
             m = torch.tensor(float(fmt.mantissa_bits), device=x.device)
             quantized.append(self._quantize(x, e, m))
         low, high = quantized
-        y = low[0] + t.to(low[0].dtype) * (high[0] - low[0])
+        y = low.value + t.to(low.value.dtype) * (high.value - low.value)
         e, m = ladder.widths(beta)
-        return (y,) + high[1:3] + (e, m, mx_exponent_bias(e)) + high[6:]
+        # the upper format's scale (and the rest); the offset's widths, which carry the gradient
+        return high._replace(
+            value=y, exponent_bit_width=e, mantissa_bit_width=m, exponent_bias=mx_exponent_bias(e))
 
     def _load_from_state_dict(
             self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

@@ -42,17 +42,42 @@ def find_shared_offset(layer: nn.Module, proxy: nn.Module, ladder: str) -> Optio
     return None
 
 
+def _built_quant(proxy: nn.Module) -> Optional[DMXFloatQuant]:
+    """``dmx_quant_of(proxy)``, or None while Brevitas has not built the proxy's first quantizer
+    (it builds it from within the proxy's ``__init__``, before the attribute exists)."""
+    try:
+        return dmx_quant_of(proxy)
+    except AttributeError:
+        return None
+
+
+def _keep_kernels(proxy: nn.Module, old: Optional[DMXFloatQuant]) -> None:
+    """Gives the quantizer that Brevitas has just rebuilt (``init_tensor_quant``: on a state-dict
+    load, among others) the element kernels of the one it replaced: which kernels run is the
+    model's choice (``brevitas_dmx.use_compiled_kernels``), and a reload must not undo it."""
+    new = dmx_quant_of(proxy)
+    if old is not None and new is not None and new is not old:
+        new.kernels = old.kernels
+
+
 class DMXWeightQuantProxyFromInjector(GroupwiseWeightFloatQuantProxyFromInjector):
     """Weight proxy of the dMX quantizers."""
 
     def init_tensor_quant(self, preserve_state_dict=False):
+        old = _built_quant(self)
         super().init_tensor_quant(preserve_state_dict)
         if self.tensor_quant is not None:
             self.tensor_quant.caches_eval_output = True
+        _keep_kernels(self, old)
 
 
 class DMXActQuantProxyFromInjector(GroupwiseActFloatQuantProxyFromInjector):
     """Activation proxy of the dMX quantizers (dynamic per-block scales)."""
+
+    def init_tensor_quant(self):
+        old = _built_quant(self)
+        super().init_tensor_quant()
+        _keep_kernels(self, old)
 
     @property
     def input_view_impl(self):

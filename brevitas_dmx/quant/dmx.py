@@ -20,6 +20,7 @@ from brevitas.quant.mx_quant_ocp import MXWeightMixin
 from dependencies import value
 from torch import nn
 
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.core.offset import DMXOffset
 from brevitas_dmx.core.quant import DMXFloatQuant
 from brevitas_dmx.formats import ladder as get_ladder
@@ -51,7 +52,7 @@ __all__ = [
 class DMXFloatQuantMixin(ExtendedInjector):
     """MX float quantization whose element format is driven by a learnable offset."""
     tensor_quant = DMXFloatQuant
-    dmx_scale_rule = "floor"
+    dmx_scale_rule = DEFAULT_SCALE_RULE
     dmx_share_offset = True
     dmx_offset_init = 0.0
 

@@ -25,6 +25,8 @@ from brevitas.quant.mx_quant_ocp import MXFloat8e4m3Weight
 import torch
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_SCALE_RULE
+from brevitas_dmx.config import ScaleRule
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.functional import even_block_exponent
 from brevitas_dmx.functional import SCALE_RULES
@@ -135,7 +137,7 @@ _ACT = {
 }
 
 
-def fixed_mx_quantizer(fmt: str, role: str, scale_rule: str = "floor"):
+def fixed_mx_quantizer(fmt: str, role: str, scale_rule: str = DEFAULT_SCALE_RULE):
     """The fixed Brevitas MX quantizer for element format ``fmt``; ``role`` 'weight' or 'act'."""
     fmt = element_format(fmt)
     if role not in ("weight", "act"):
@@ -153,10 +155,10 @@ def fixed_mx_quantizer(fmt: str, role: str, scale_rule: str = "floor"):
 def injector_scale_rule(injector) -> str:
     """The scale rule of a fixed MX quantizer made by ``fixed_mx_quantizer``."""
     if issubclass(injector, NonClipScaleMixin):
-        return "nonclip"
+        return ScaleRule.NONCLIP.value
     if issubclass(injector, EvenScaleMixin):
-        return "even"
-    return "floor"
+        return ScaleRule.EVEN.value
+    return ScaleRule.FLOOR.value
 
 
 def scale_rule_of(quant) -> str:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from brevitas_dmx.config import DEFAULT_INCLUDE_SCALE_BITS
+from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
@@ -213,8 +215,8 @@ def highest_level(unit: Unit) -> int:
 def project(
         problem: BudgetProblem,
         target_bits: float,
-        weighting: str = "simple",
-        include_scale_bits: bool = False) -> Projection:
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS) -> Projection:
     """Chooses a discrete offset per unit so the average is at most ``target_bits`` (below it
     when every upgrade training asked for fits)."""
     setup = _budget(problem, target_bits, weighting, include_scale_bits)
@@ -280,8 +282,8 @@ def project_scores(
         problem: BudgetProblem,
         scores: List[List[float]],
         target_bits: float,
-        weighting: str = "simple",
-        include_scale_bits: bool = False,
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS,
         solver: str = "knapsack") -> Projection:
     """Formats from per-unit sensitivity scores instead of learned offsets (the baselines).
 
@@ -338,8 +340,8 @@ def restore_start_offsets(model: nn.Module, problem: BudgetProblem) -> None:
 def project_model(
         model: nn.Module,
         target_bits: float,
-        weighting: str = "simple",
-        include_scale_bits: bool = False) -> Projection:
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS) -> Projection:
     """Projects a model's learned offsets onto the budget and assigns the chosen formats."""
     problem, offsets = _budget_problem_and_offsets(model)
     result = project(problem, target_bits, weighting, include_scale_bits)
@@ -384,8 +386,8 @@ def load_problem(run_dir: str) -> BudgetProblem:
 def retarget(
         model_or_run_dir: Union[nn.Module, str],
         target_bits: float,
-        weighting: str = "simple",
-        include_scale_bits: bool = False) -> Dict:
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS) -> Dict:
     """Meets another budget from the same learned offsets, without retraining.
 
     Given a model, assigns the new formats in place; given a run directory (one written by the

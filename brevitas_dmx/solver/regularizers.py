@@ -7,14 +7,20 @@ from typing import Tuple
 from torch import nn
 from torch import Tensor
 
+from brevitas_dmx.config import DEFAULT_INCLUDE_SCALE_BITS
 from brevitas_dmx.config import DEFAULT_LAMBDA
+from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.model import average_bits
 from brevitas_dmx.model import WEIGHTINGS
 
 
 class _Regularizer:
 
-    def __init__(self, lam: float, weighting: str = "simple", include_scale_bits: bool = False):
+    def __init__(
+            self,
+            lam: float,
+            weighting: str = DEFAULT_WEIGHTING,
+            include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"Unknown weighting {weighting!r}; choose one of {WEIGHTINGS}.")
         if lam < 0:

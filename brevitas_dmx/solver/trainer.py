@@ -21,6 +21,8 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from brevitas_dmx import distributed
+from brevitas_dmx.config import DEFAULT_BATCH_SIZE
+from brevitas_dmx.config import DEFAULT_LR
 from brevitas_dmx.config import DEFAULT_MOMENTUM
 from brevitas_dmx.config import DEFAULT_TEMP_DELAY
 from brevitas_dmx.config import DEFAULT_TEMP_END
@@ -32,7 +34,12 @@ from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
+from brevitas_dmx.model import use_compiled_kernels
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
+from brevitas_dmx.solver.distillation import distillation_loss
+from brevitas_dmx.solver.distillation import TEACHER_INDICES
+from brevitas_dmx.solver.distillation import TEACHER_KEYS
+from brevitas_dmx.solver.distillation import TEACHER_LOGPROBS
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +132,8 @@ def format_log(model: nn.Module) -> Dict[str, float]:
 class DMXLossMixin:
     """Task loss + bit penalty (``self.regularizer``) for an HF ``Trainer``, with the task
     loss, penalty and average bits averaged into each log, and a clear stop on a loss that is
-    not finite."""
+    not finite. The task loss is the model's cross-entropy on the labels, or, for samples that
+    carry the float model's top-k (``distillation.teacher_targets``), the distillation loss."""
 
     # compute_loss returns the mean over its micro-batch: the Trainer divides it by the number
     # of gradient accumulation steps (its default guesses "already scaled" for HF models).
@@ -136,8 +144,20 @@ class DMXLossMixin:
         # gradient all-reduce averages the ranks, which gives the mean over the global batch. The
         # penalty depends on the offsets only, so it is the same on every rank: computed once
         # from the global average, and unchanged by the averaging.
-        outputs = model(**inputs)
-        task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        teacher = {key: inputs.pop(key) for key in TEACHER_KEYS if key in inputs}
+        if teacher:  # distillation: the float model's top-k rides with each sample
+            labels = inputs.pop("labels", None)
+            outputs = model(**inputs)
+            task_loss = distillation_loss(
+                outputs["logits"],
+                teacher[TEACHER_LOGPROBS],
+                teacher[TEACHER_INDICES],
+                inputs.get("attention_mask"))
+            if labels is not None:
+                inputs["labels"] = labels
+        else:
+            outputs = model(**inputs)
+            task_loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         penalty, bits = self.regularizer(model)
         loss = task_loss + penalty.to(task_loss.device)
         finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
@@ -187,6 +207,10 @@ class DMXTrainer(DMXLossMixin, Trainer):
     Under gradient accumulation the micro-batches of a step share the weight work
     (``reusing_quantized_weights``; ``shares_weight_work``) unless ``reuse_quantized_weights`` is
     False: faster, at the cost of two weight-sized tensors per layer held within each step.
+
+    ``compile_kernels``: True or False switches the model's quantizers to the ``torch.compile``'d
+    element kernels or to the eager ones (``use_compiled_kernels``); None (the default) leaves
+    them as they are.
     """
 
     def __init__(
@@ -201,6 +225,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             temp_delay: float = DEFAULT_TEMP_DELAY,
             callbacks: Optional[List] = None,
             reuse_quantized_weights: bool = True,
+            compile_kernels: Optional[bool] = None,
             **kwargs):
         if optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer_name!r}; choose one of {OPTIMIZERS}.")
@@ -209,6 +234,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
                 "The model has no learnable dMX offsets: quantize its Linear layers with the "
                 "brevitas_dmx quantizers first.")
         offsets = train_only_offsets(model)
+        if compile_kernels is not None:
+            use_compiled_kernels(model, compile_kernels)
         self.schedule = TemperatureScheduleCallback(temp_start, temp_end, temp_delay)
         callbacks = [self.schedule] + list(callbacks or [])
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
@@ -332,8 +359,8 @@ class _ForgetStaleWeights(TrainerCallback):
 def training_arguments(
         output_dir: str,
         steps: int,
-        batch_size: int = 8,
-        lr: float = 1.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        lr: float = DEFAULT_LR,
         seed: int = 0,
         save_steps: Optional[int] = None,
         logging_steps: Optional[int] = None,
