@@ -359,19 +359,24 @@ def test_deploy_target_map_is_in_the_served_set(deployed):
     assert len({fmap[f"model.layers.0.self_attn.{p}_proj"]["weight"] for p in "qkv"}) == 1
 
 
-def test_deploy_target_checkpoint_loads_with_the_tools_logits(deployed):
-    pytest.importorskip("quark")
+def quark_logits_equal_the_tools(root) -> bool:
+    """Whether ``root/quark`` (loaded by transformers + amd-quark) gives the logits of the tool's
+    own checkpoint ``root/checkpoint``."""
     from transformers import AutoModelForCausalLM
-    reference = dmx.load_pretrained(str(deployed / "checkpoint"))
-    loaded = AutoModelForCausalLM.from_pretrained(str(deployed / "quark"), dtype=torch.float32)
+    reference = dmx.load_pretrained(str(root / "checkpoint"))
+    loaded = AutoModelForCausalLM.from_pretrained(str(root / "quark"), dtype=torch.float32)
     ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=torch.Generator())
     with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+        return torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_deploy_target_checkpoint_loads_with_the_tools_logits(deployed):
+    pytest.importorskip("quark")
+    assert quark_logits_equal_the_tools(deployed)
 
 
 def test_gptq_weights_reach_the_quark_checkpoint(tiny_folder, text_file, tmp_path):
     pytest.importorskip("quark")
-    from transformers import AutoModelForCausalLM
     argv = tiny_run_argv(
         tiny_folder,
         text_file,
@@ -388,11 +393,7 @@ def test_gptq_weights_reach_the_quark_checkpoint(tiny_folder, text_file, tmp_pat
         "--dmx-export-quark",
         str(tmp_path / "quark"))
     assert llm.main(argv) == 0
-    reference = dmx.load_pretrained(str(tmp_path / "checkpoint"))
-    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "quark"), dtype=torch.float32)
-    ids = torch.randint(0, reference.config.vocab_size, (2, 24), generator=torch.Generator())
-    with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert quark_logits_equal_the_tools(tmp_path)
 
 
 def test_deploy_target_refuses_a_ladder_vllm_does_not_load(
