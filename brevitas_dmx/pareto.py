@@ -270,8 +270,19 @@ def _method_series(record: RunRecord) -> str:
     return method
 
 
+def _texts(records: List[Dict]) -> List[str]:
+    """The --dmx-eval-datasets texts any point was scored on, in a stable order."""
+    return sorted({t for r in records for t in (r.get("texts") or {})})
+
+
+def _text_ppl(record: Dict, text: str) -> Optional[float]:
+    scores = (record.get("texts") or {}).get(text)
+    return None if scores is None else scores["quant_ppl"]
+
+
 def report_table(records: List[Dict], average: str = HEADLINE) -> str:
-    """The Markdown table of every point, with the share of the MXFP4 -> MXFP8 gap closed."""
+    """The Markdown table of every point, with the share of the MXFP4 -> MXFP8 gap closed and
+    each --dmx-eval-datasets text's perplexity."""
     uniform = {
         r["label"]: r["quant_ppl"]
         for r in records
@@ -279,8 +290,10 @@ def report_table(records: List[Dict], average: str = HEADLINE) -> str:
     }
     low, high = uniform.get("uniform-e2m1"), uniform.get("uniform-e4m3")
     tasks = sorted({t for r in records for t in (r.get("accuracy") or {})})
+    texts = _texts(records)
     header = ["point", "method", "target", f"bits ({average})", "bits (simple)", "perplexity"]
-    header += ["gap closed"] + [f"{t} acc" for t in tasks] + ["search (s)", "total (s)"]
+    header += ["gap closed"] + [f"{t} ppl" for t in texts] + [f"{t} acc" for t in tasks]
+    header += ["search (s)", "total (s)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ordered = sorted(
         records, key=lambda r: (_series(r), _bits(r, average) or 99, r.get("target_bits") or 0))
@@ -299,6 +312,8 @@ def report_table(records: List[Dict], average: str = HEADLINE) -> str:
             f"{r['quant_ppl']:.3f}",
             gap
         ]
+        text_ppl = [_text_ppl(r, t) for t in texts]
+        row += ["-" if ppl is None else f"{ppl:.3f}" for ppl in text_ppl]
         accuracy = r.get("accuracy") or {}
         row += [f"{accuracy[t]['acc']:.4f}" if t in accuracy else "-" for t in tasks]
         row += [f"{r.get('search_time_s') or 0:.0f}", f"{r.get('total_time_s') or 0:.0f}"]
@@ -326,10 +341,33 @@ def _same_problem(a: Dict, b: Dict) -> bool:
         a.eval_fingerprint is not None and a.eval_fingerprint == b.eval_fingerprint)
 
 
+def _verdict(stats: Dict) -> str:
+    if stats["high"] < 1:
+        return "dMX better"
+    if stats["low"] > 1:
+        return "baseline better"
+    return "not separated"
+
+
+def _paired_on_texts(point: Dict, baseline: Dict, level: float) -> Dict[str, Dict]:
+    """The paired ratio on each --dmx-eval-datasets text both points scored on the same
+    windows."""
+    out = {}
+    theirs = baseline.get("texts") or {}
+    for text, mine in (point.get("texts") or {}).items():
+        other = theirs.get(text)
+        if other is None or other["fingerprint"] != mine["fingerprint"]:
+            continue
+        stats = paired_ratio(mine["window_nll"], other["window_nll"], mine["seqlen"], level=level)
+        out[text] = dict(stats, verdict=_verdict(stats))
+    return out
+
+
 def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
     """Each dMX point against the best baseline (kl or fisher, lowest perplexity) at its budget
     and seed, on the same evaluation windows: the perplexity ratio with its paired bootstrap
-    interval. Points without per-window NLLs (older results files) are left out."""
+    interval, and the same on each --dmx-eval-datasets text (``texts``). Points without
+    per-window NLLs (older results files) are left out."""
     comparisons = []
     for point in records:
         if point["method"] != "dmx" or not point.get("window_nll"):
@@ -342,13 +380,14 @@ def paired_comparisons(records: List[Dict], level: float = 0.95) -> List[Dict]:
             continue
         best = min(rivals, key=lambda r: r["quant_ppl"])
         stats = paired_ratio(point["window_nll"], best["window_nll"], point["seqlen"], level=level)
-        if stats["high"] < 1:
-            verdict = "dMX better"
-        elif stats["low"] > 1:
-            verdict = "baseline better"
-        else:
-            verdict = "not separated"
-        comparisons.append(dict(stats, point=point, baseline=best, verdict=verdict, level=level))
+        comparisons.append(
+            dict(
+                stats,
+                point=point,
+                baseline=best,
+                verdict=_verdict(stats),
+                level=level,
+                texts=_paired_on_texts(point, best, level)))
     return comparisons
 
 
@@ -357,53 +396,90 @@ def comparison_table(comparisons: List[Dict]) -> str:
     if not comparisons:
         return ""
     level = f"{100 * comparisons[0]['level']:g} %"
-    lines = [
-        f"| dMX point | ladder | target | dMX ppl | best baseline | its ppl | dMX vs baseline "
-        f"[{level} interval] | windows | verdict |",
-        "|" + "---|" * 9
-    ]
+    texts = sorted({t for c in comparisons for t in c["texts"]})
+    header = [
+        "dMX point",
+        "ladder",
+        "target",
+        "dMX ppl",
+        "best baseline",
+        "its ppl",
+        f"dMX vs baseline [{level} interval]",
+        "windows",
+        "verdict"
+    ] + [f"on {t}" for t in texts]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         point, base = c["point"], c["baseline"]
-        ratio, low, high = (f"{100 * (c[k] - 1):+.1f}" for k in ("ratio", "low", "high"))
-        lines.append(
-            f"| {point.get('label') or 'dmx'} | {point['ladder']} | {point['target_bits']:g} | "
-            f"{point['quant_ppl']:.3f} | {base.get('label') or base['method']} | "
-            f"{base['quant_ppl']:.3f} | {ratio} % [{low}, {high}] | {c['windows']} | "
-            f"{c['verdict']} |")
+        row = [
+            point.get("label") or "dmx",
+            point["ladder"],
+            f"{point['target_bits']:g}",
+            f"{point['quant_ppl']:.3f}",
+            base.get("label") or base["method"],
+            f"{base['quant_ppl']:.3f}",
+            _interval(c),
+            str(c["windows"]),
+            c["verdict"]
+        ]
+        row += [
+            f"{_interval(c['texts'][t])} {c['texts'][t]['verdict']}" if t in c["texts"] else "-"
+            for t in texts
+        ]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
+def _interval(stats: Dict) -> str:
+    ratio, low, high = (f"{100 * (stats[k] - 1):+.1f}" for k in ("ratio", "low", "high"))
+    return f"{ratio} % [{low}, {high}]"
+
+
+def _metric(record: Dict, metric: str, float_line: bool = False) -> Optional[float]:
+    """A point's value on one panel of the plot: "perplexity" (the run's own windows),
+    "<text> ppl" (an --dmx-eval-datasets text; its float perplexity for the float line) or a
+    task's accuracy."""
+    if metric == "perplexity":
+        return record["quant_ppl"]
+    if metric.endswith(" ppl"):
+        scores = (record.get("texts") or {}).get(metric[:-len(" ppl")])
+        return None if scores is None else scores["float_ppl" if float_line else "quant_ppl"]
+    return (record.get("accuracy") or {}).get(metric, {}).get("acc")
+
+
 def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: str = "") -> str:
-    """Perplexity (and each task's accuracy) against average bits, one line per method."""
+    """Perplexity (on the run's windows and on each --dmx-eval-datasets text) and each task's
+    accuracy against average bits, one line per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     tasks = sorted({t for r in records for t in (r.get("accuracy") or {})})
+    metrics = ["perplexity"] + [f"{t} ppl" for t in _texts(records)] + tasks
     fig, axes = plt.subplots(
-        1, 1 + len(tasks), figsize=(5.2 * (1 + len(tasks)) + 2.6, 4.2), squeeze=False)
+        1, len(metrics), figsize=(5.2 * len(metrics) + 2.6, 4.2), squeeze=False)
     colors = plt.get_cmap("tab20").colors  # a colour per line, however many tools are compared
     series: Dict[str, List[Dict]] = {}
     for r in records:
         series.setdefault(_series(r), []).append(r)
+    floats = [r for r in records if r["method"] == "float"]
     markers = {"uniform": "s", "mlp8": "D"}
-    for column, metric in enumerate(["perplexity"] + tasks):
+    for column, metric in enumerate(metrics):
         ax = axes[0][column]
+        # The float line: the float point's, else any point's float score on that text.
+        line_from = floats[-1:] if metric == "perplexity" or not metric.endswith(" ppl") else (
+            [r for r in records if _metric(r, metric, float_line=True) is not None][-1:])
+        for r in line_from:
+            value = _metric(r, metric, float_line=True)
+            if value is not None:
+                ax.axhline(value, color="black", linestyle=":", label="float")
         for index, (name, points) in enumerate(sorted(series.items())):
             if name == "float":
-                value = points[-1]["quant_ppl"] if metric == "perplexity" else (
-                    points[-1].get("accuracy") or {}).get(metric, {}).get("acc")
-                if value is not None:
-                    ax.axhline(value, color="black", linestyle=":", label="float")
                 continue
             points = sorted(
                 (p for p in points if _bits(p, average) is not None),
                 key=lambda p: _bits(p, average))
-            xs = [_bits(p, average) for p in points]
-            if metric == "perplexity":
-                ys = [p["quant_ppl"] for p in points]
-            else:
-                ys = [(p.get("accuracy") or {}).get(metric, {}).get("acc") for p in points]
-            keep = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            keep = [(_bits(p, average), _metric(p, metric)) for p in points]
+            keep = [(x, y) for x, y in keep if y is not None]
             if not keep:
                 continue
             kind = name.split(" ")[0]  # uniform and mlp8 points stand alone, rotated or not
@@ -415,8 +491,10 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
                 markersize=5,
                 color=colors[index % len(colors)])
         ax.set_xlabel(f"average bits ({average.replace('_', ' ')})")
-        if metric == "perplexity":
-            ax.set_ylabel("perplexity (log scale)")
+        if metric == "perplexity" or metric.endswith(" ppl"):
+            ax.set_ylabel(
+                "perplexity (log scale)" if metric ==
+                "perplexity" else f"{metric[:-len(' ppl')]} perplexity (log scale)")
             ax.set_yscale("log")
         else:
             ax.set_ylabel(f"{metric} accuracy")

@@ -274,6 +274,64 @@ def test_paired_comparison_takes_the_better_baseline_of_the_same_windows_and_see
         pareto.comparison_table([comparison])
 
 
+def _with_text(point, text, ppl, nll, fingerprint="text windows"):
+    texts = dict(point.get("texts") or {})
+    texts[text] = {
+        "seqlen": 16,
+        "windows": len(nll),
+        "fingerprint": fingerprint,
+        "float_ppl": 7.0,
+        "quant_ppl": ppl,
+        "window_nll": nll
+    }
+    return dict(point, texts=texts)
+
+
+def test_report_table_has_a_perplexity_column_per_eval_text():
+    records = [
+        _with_text(_point("dmx", 9.0, [1.0]), "news", 12.5, [1.0]),
+        _with_text(_point("fisher", 10.0, [1.0]), "speeches", 14.25, [1.0]),
+    ]
+    lines = pareto.report_table(records).splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    assert header.index("news ppl") + 1 == header.index("speeches ppl")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")] for line in lines[2:]}
+    assert rows["dmx-5"][header.index("news ppl")] == "12.500"
+    assert rows["dmx-5"][header.index("speeches ppl")] == "-"
+    assert rows["fisher-5"][header.index("speeches ppl")] == "14.250"
+
+
+def test_paired_comparison_is_made_on_each_eval_text_of_the_same_windows():
+    base = [30.0 + i % 7 for i in range(40)]
+    dmx = _with_text(_point("dmx", 9.0, base), "news", 9.0, [v + 0.3 for v in base])
+    dmx = _with_text(dmx, "speeches", 9.0, base, fingerprint="other windows")
+    fisher = _with_text(_point("fisher", 10.0, base), "news", 10.0, base)
+    fisher = _with_text(fisher, "speeches", 10.0, base)
+    (comparison,) = pareto.paired_comparisons([dmx, fisher])
+    assert set(comparison["texts"]) == {"news"}  # speeches: not the same windows
+    assert comparison["texts"]["news"]["ratio"] == pytest.approx(math.exp(0.3 / 15))
+    assert comparison["texts"]["news"]["verdict"] == "baseline better"
+    table = pareto.comparison_table([comparison])
+    assert "on news" in table.splitlines()[0]
+    assert table.splitlines()[2].endswith("| +2.0 % [+2.0, +2.0] baseline better |")
+
+
+def test_plot_draws_a_panel_per_eval_text(tmp_path):
+    import matplotlib.image
+    base = [30.0 + i % 7 for i in range(8)]
+    plain = [
+        dict(_point(method, ppl, base), bits={pareto.HEADLINE: 5.0})
+        for method, ppl in (("dmx", 9.0), ("fisher", 10.0))
+    ]
+    with_texts = [
+        _with_text(_with_text(r, "news", 9.0, base), "speeches", 9.0, base) for r in plain
+    ]
+    one = matplotlib.image.imread(pareto.plot_pareto(plain, str(tmp_path / "one.png")))
+    three = matplotlib.image.imread(pareto.plot_pareto(with_texts, str(tmp_path / "three.png")))
+    # 5.2 inches more per panel at 120 dpi
+    assert three.shape[1] - one.shape[1] == pytest.approx(2 * 5.2 * 120, abs=2)
+
+
 def test_points_without_window_nll_are_not_compared():
     records = [_point("dmx", 9.0, None), _point("fisher", 10.0, [1.0, 2.0])]
     assert pareto.paired_comparisons(records) == []
