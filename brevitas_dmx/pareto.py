@@ -275,11 +275,6 @@ def _texts(records: List[Dict]) -> List[str]:
     return sorted({t for r in records for t in (r.get("texts") or {})})
 
 
-def _text_ppl(record: Dict, text: str) -> Optional[float]:
-    scores = (record.get("texts") or {}).get(text)
-    return None if scores is None else scores["quant_ppl"]
-
-
 def report_table(records: List[Dict], average: str = HEADLINE) -> str:
     """The Markdown table of every point, with the share of the MXFP4 -> MXFP8 gap closed and
     each --dmx-eval-datasets text's perplexity."""
@@ -312,7 +307,7 @@ def report_table(records: List[Dict], average: str = HEADLINE) -> str:
             f"{r['quant_ppl']:.3f}",
             gap
         ]
-        text_ppl = [_text_ppl(r, t) for t in texts]
+        text_ppl = [_metric(r, f"{t} ppl") for t in texts]
         row += ["-" if ppl is None else f"{ppl:.3f}" for ppl in text_ppl]
         accuracy = r.get("accuracy") or {}
         row += [f"{accuracy[t]['acc']:.4f}" if t in accuracy else "-" for t in tasks]
@@ -465,13 +460,12 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
     markers = {"uniform": "s", "mlp8": "D"}
     for column, metric in enumerate(metrics):
         ax = axes[0][column]
-        # The float line: the float point's, else any point's float score on that text.
-        line_from = floats[-1:] if metric == "perplexity" or not metric.endswith(" ppl") else (
-            [r for r in records if _metric(r, metric, float_line=True) is not None][-1:])
-        for r in line_from:
-            value = _metric(r, metric, float_line=True)
-            if value is not None:
-                ax.axhline(value, color="black", linestyle=":", label="float")
+        # The float line: the float point's; on a text, every point carries the float score.
+        text = metric.endswith(" ppl")
+        values = [_metric(r, metric, float_line=True) for r in (records if text else floats)]
+        values = [v for v in values if v is not None]
+        if values:
+            ax.axhline(values[-1], color="black", linestyle=":", label="float")
         for index, (name, points) in enumerate(sorted(series.items())):
             if name == "float":
                 continue
@@ -491,10 +485,9 @@ def plot_pareto(records: List[Dict], path: str, average: str = HEADLINE, title: 
                 markersize=5,
                 color=colors[index % len(colors)])
         ax.set_xlabel(f"average bits ({average.replace('_', ' ')})")
-        if metric == "perplexity" or metric.endswith(" ppl"):
-            ax.set_ylabel(
-                "perplexity (log scale)" if metric ==
-                "perplexity" else f"{metric[:-len(' ppl')]} perplexity (log scale)")
+        if metric == "perplexity" or text:
+            name = f"{metric[:-len(' ppl')]} " if text else ""
+            ax.set_ylabel(f"{name}perplexity (log scale)")
             ax.set_yscale("log")
         else:
             ax.set_ylabel(f"{metric} accuracy")
@@ -560,14 +553,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         sources = {os.path.abspath(p) for _, p in _point_outputs(points)}
         parsed = {}
         # The points load the tokenizer, texts and float model once, and each quantizes a copy.
-        session = llm.Session(keep=True)
+        inputs = llm.RunInputs(keep=True)
         for label, point_argv in points:
             try:
                 llm_parser, point_args, extra, defaults = llm.parse(point_argv)
                 if extra:
                     raise llm.UsageError(f"unrecognized arguments: {' '.join(extra)}")
                 parsed[label] = llm.validate(
-                    llm_parser, point_args, defaults, pending=sources, session=session)
+                    llm_parser, point_args, defaults, pending=sources, inputs=inputs)
             except ValueError as err:  # UsageError, DataError, ModelError: a message each
                 parser.error(f"point {label}: {err}")
         done = {r.get("label") for r in read_results(os.path.join(args.output, RESULTS_FILE))}

@@ -86,11 +86,11 @@ def test_teacher_keeps_the_k_most_likely_tokens_in_order(quantized):
 def test_extra_text_windows_of_a_bos_tokenizer_start_with_bos(tmp_path):
     from conftest import local_text
 
-    from brevitas_dmx.llm import Session
+    from brevitas_dmx.llm import RunInputs
     folder = save_tiny_llama_folder(tmp_path / "bos", add_bos=True)
     text = tmp_path / "text.txt"
     text.write_text(local_text(200))
-    session = Session()
-    tokenizer = session.tokenizer(folder)
-    windows = session.eval_windows(tokenizer, str(text), 0.4, 48, 4)
+    inputs = RunInputs()
+    tokenizer = inputs.tokenizer(folder)
+    windows = inputs.eval_windows(tokenizer, str(text), 0.4, 48, 4)
     assert len(windows) == 4 and torch.all(windows[:, 0] == tokenizer.bos_token_id)

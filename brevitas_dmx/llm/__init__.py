@@ -9,7 +9,7 @@ the budget, the model is finalized to fixed Brevitas MX quantizers and evaluated
 
 The parts: ``validate`` (pure checks, returning a frozen ``RunPlan``), ``methods`` (one class
 per ``--dmx-method`` behind ``register_method``), ``stages`` (the run), ``cache``, ``training``,
-``rotation``, ``record`` (``RunRecord``, metrics.json), ``report``, ``deploy``, ``session``
+``rotation``, ``record`` (``RunRecord``, metrics.json), ``report``, ``deploy``, ``inputs``
 (what a sweep shares) and ``main`` (entry points and signals).
 """
 
@@ -20,6 +20,7 @@ warnings.filterwarnings("ignore", message="fast_hadamard_transform package not f
 
 from brevitas_dmx.console import busy_machine_note  # noqa: E402
 from brevitas_dmx.console import log_to_console  # noqa: E402
+from brevitas_dmx.llm.inputs import RunInputs  # noqa: E402
 from brevitas_dmx.llm.main import interruption_note  # noqa: E402
 from brevitas_dmx.llm.main import main  # noqa: E402
 from brevitas_dmx.llm.main import parse  # noqa: E402
@@ -32,7 +33,6 @@ from brevitas_dmx.llm.record import RunRecord  # noqa: E402
 from brevitas_dmx.llm.record import SCHEMA_VERSION  # noqa: E402
 from brevitas_dmx.llm.report import written_summary as _written_summary  # noqa: E402
 from brevitas_dmx.llm.rotation import rotate  # noqa: E402
-from brevitas_dmx.llm.session import Session  # noqa: E402
 from brevitas_dmx.llm.validate import run_ladder  # noqa: E402
 from brevitas_dmx.llm.validate import validate  # noqa: E402
 from brevitas_dmx.llm_args import build_parser  # noqa: E402
@@ -52,7 +52,7 @@ __all__ = [
     "RunPlan",
     "RunRecord",
     "SCHEMA_VERSION",
-    "Session",
+    "RunInputs",
     "UsageError",
     "validate",
     "_written_summary"

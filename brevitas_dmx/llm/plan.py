@@ -46,7 +46,7 @@ class RunPlan:
     file_map: Optional[Dict] = None  # --dmx-format-map, read and checked
     # --magr, --gptq, --gpfq, --qronos: the weight optimizers after the search, in their order
     weight_optimizers: Tuple[str, ...] = ()
-    session: Optional[object] = None  # what a sweep's points share (``Session``)
+    inputs: Optional[object] = None  # what a sweep's points share (``RunInputs``)
 
     @property
     def target_bits(self) -> Optional[float]:

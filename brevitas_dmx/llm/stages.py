@@ -27,6 +27,7 @@ from brevitas_dmx.evaluate import zero_shot
 from brevitas_dmx.export.vllm_quark import check_format_map_served
 from brevitas_dmx.llm.cache import float_window_nll
 from brevitas_dmx.llm.deploy import deploy
+from brevitas_dmx.llm.inputs import RunInputs
 from brevitas_dmx.llm.plan import ARGS_FILE
 from brevitas_dmx.llm.plan import eval_tasks
 from brevitas_dmx.llm.plan import RunPlan
@@ -39,7 +40,6 @@ from brevitas_dmx.llm.report import write_format_map
 from brevitas_dmx.llm.report import write_metrics
 from brevitas_dmx.llm.report import written_summary
 from brevitas_dmx.llm.rotation import rotate
-from brevitas_dmx.llm.session import Session
 from brevitas_dmx.llm.texts import eval_seqlen
 from brevitas_dmx.llm.texts import FLOAT
 from brevitas_dmx.llm.texts import QUANT
@@ -146,24 +146,24 @@ def _load(run: Run) -> None:
     """The tokenizer, calibration samples, evaluation windows and float model; the method's
     checks against the model; the record's description of the run."""
     plan, args = run.plan, run.plan.args
-    session = plan.session or Session()
+    inputs = plan.inputs or RunInputs()
     logger.info(f"data: {args.dataset}")
-    run.tokenizer = session.tokenizer(args.model)
-    calib_text, eval_text = session.texts(args.dataset, args.dmx_eval_fraction)
-    run.calib, run.windows = session.windows(
+    run.tokenizer = inputs.tokenizer(args.model)
+    calib_text, eval_text = inputs.texts(args.dataset, args.dmx_eval_fraction)
+    run.calib, run.windows = inputs.windows(
         run.tokenizer, calib_text, eval_text, args.nsamples, plan.seqlen, args.seed,
         args.dmx_eval_windows)
     logger.info(
         f"{len(run.calib)} calibration samples and {len(run.windows)} evaluation windows of "
         f"{plan.seqlen} tokens")
     logger.info(f"model: {args.model}")
-    run.model = session.model(args.model, args.dtype, run.device)
+    run.model = inputs.model(args.model, args.dtype, run.device)
     if args.dmx_eval_datasets:
         seqlen = eval_seqlen(args, run.model)
         run.texts = TextScores(
             {
                 name:
-                    session.eval_windows(
+                    inputs.eval_windows(
                         run.tokenizer,
                         name,
                         args.dmx_eval_fraction,
@@ -173,7 +173,7 @@ def _load(run: Run) -> None:
         logger.info(
             f"{len(args.dmx_eval_datasets)} more texts to score, windows of {seqlen} tokens: "
             + ", ".join(f"{n} ({len(w)})" for n, w in run.texts.windows.items()))
-    if plan.session is not None:  # a shared model skipped the load's random draws
+    if plan.inputs is not None:  # a shared model skipped the load's random draws
         _seed_everything(args.seed)
     rotation_time = None
     if args.rotation is not None:

@@ -68,14 +68,14 @@ CPU_SEQLEN = 512
 GPU_SEQLEN = 2048
 
 
-def validate(parser, args, defaults: Optional[Dict] = None, pending=(), session=None):
+def validate(parser, args, defaults: Optional[Dict] = None, pending=(), inputs=None):
     """The ``RunPlan`` of a dMX command line, or None for a stock ``brevitas_ptq_llm`` one;
     a ``UsageError`` naming the flag for anything that would fail later.
 
     ``defaults`` are the parser's defaults before a YAML ``--config`` changed them, so flags set
     in a config count as set. ``pending``: run folders that a sweep fills before this run, which
-    ``--dmx-retarget-from`` may name before they hold offsets. ``session``: what a sweep's
-    points share (``Session``)."""
+    ``--dmx-retarget-from`` may name before they hold offsets. ``inputs``: what a sweep's
+    points share (``RunInputs``)."""
     defaults = defaults or {a.dest: a.default for a in parser._actions}
     if not _check_mode(parser, args, defaults):
         return None
@@ -100,7 +100,7 @@ def validate(parser, args, defaults: Optional[Dict] = None, pending=(), session=
         deploy=args.dmx_deploy,
         file_map=file_map,
         weight_optimizers=weight_optimizers,
-        session=session)
+        inputs=inputs)
     check_deployment(plan)
     _check_run(args)
     return plan

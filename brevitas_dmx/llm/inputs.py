@@ -1,7 +1,7 @@
 # Copyright (C) 2026, brevitas-dmx contributors. All rights reserved.
 # SPDX-License-Identifier: BSD-3-Clause
 """What the points of a sweep share: the tokenizer, the texts, the windows cut from them and
-the float model, loaded once. A single run uses a fresh ``Session`` (nothing kept)."""
+the float model, loaded once. A single run uses a fresh ``RunInputs`` (nothing kept)."""
 
 import copy
 from typing import Dict, List, Tuple
@@ -16,7 +16,7 @@ from brevitas_dmx.data import load_text
 from brevitas_dmx.data import split_text
 
 
-class Session:
+class RunInputs:
     """Loads on first use and keeps what it loaded; the float model is handed out as a copy
     (a run quantizes and rotates its model in place)."""
 
