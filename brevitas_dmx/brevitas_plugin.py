@@ -36,7 +36,6 @@ import torch
 import brevitas_dmx as dmx
 from brevitas_dmx.config import AUTO
 from brevitas_dmx.config import BudgetArguments
-from brevitas_dmx.config import DEFAULT_MOMENTUM
 from brevitas_dmx.config import ROUNDING_CHOICES
 from brevitas_dmx.console import log_to_console
 from brevitas_dmx.formats import DEFAULT_CHAIN
@@ -147,8 +146,8 @@ class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
                                 "optimizer_kwargs":
                                     {
                                         "lr": self.dmx_lr,
-                                        "momentum": DEFAULT_MOMENTUM,
-                                        "nesterov": True
+                                        "momentum": self.dmx_momentum,
+                                        "nesterov": self.dmx_momentum > 0
                                     }
                             }
                         ],

@@ -193,6 +193,13 @@ class BudgetArguments:
         default=DEFAULT_LAMBDA, metadata={"help": "Penalty weight (%(default)s)."})
     dmx_lr: float = field(
         default=DEFAULT_LR, metadata={"help": "Offset learning rate (%(default)s)."})
+    dmx_momentum: float = field(
+        default=DEFAULT_MOMENTUM,
+        metadata={
+            "help":
+                "SGD momentum of the offsets (Nesterov; %(default)s, the paper's). Its memory "
+                "is about 1/(1 - momentum) steps: a short search wants less."
+        })
     dmx_temp_start: float = field(
         default=DEFAULT_TEMP_START,
         metadata={"help": "Temperature of the offsets' sigmoid while it is held (%(default)s)."})

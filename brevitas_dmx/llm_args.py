@@ -19,7 +19,6 @@ from brevitas_dmx.config import AUTO_ROUNDING
 from brevitas_dmx.config import BudgetArguments
 from brevitas_dmx.config import DEFAULT_BATCH_SIZE
 from brevitas_dmx.config import DEFAULT_LOSS
-from brevitas_dmx.config import DEFAULT_MOMENTUM
 from brevitas_dmx.config import DEFAULT_SCALE_RULE
 from brevitas_dmx.config import DEFAULT_STEPS
 from brevitas_dmx.config import DEFAULT_TOP_K
@@ -162,7 +161,7 @@ class DMXArguments(BudgetArguments):
     dmx_optimizer: str = field(
         default="sgd",
         metadata={
-            "help": f"sgd: momentum {DEFAULT_MOMENTUM}, Nesterov, as the paper (%(default)s).",
+            "help": "sgd: with --dmx-momentum, Nesterov, as the paper (%(default)s).",
             "choices": OPTIMIZERS
         })
     dmx_steps: int = field(
@@ -312,6 +311,7 @@ class DMXArguments(BudgetArguments):
 RANGES = {
     "dmx_lambda": "non_negative",
     "dmx_lr": "positive",
+    "dmx_momentum": "momentum",
     "dmx_temp_start": "positive",
     "dmx_temp_end": "positive",
     "dmx_temp_delay": "fraction",
@@ -333,6 +333,7 @@ _CHECKS = {
     "non_negative": (lambda v: v >= 0, "must be >= 0"),
     "fraction": (lambda v: 0 <= v <= 1, "is a fraction in [0, 1]"),
     "open_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 
 

@@ -120,6 +120,9 @@ def test_budget_with_scales_and_size_average(tiny_folder, text_file, tmp_path):
         ({
             "--dmx-grad-accum": "0"
         }, "--dmx-grad-accum must be positive"),
+        ({
+            "--dmx-momentum": "1"
+        }, "--dmx-momentum must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_input_fails_fast_with_a_message(

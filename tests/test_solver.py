@@ -107,6 +107,16 @@ def test_short_run_moves_offsets_and_pulls_an_over_budget_model_down(tmp_path):
     assert all(entry["weight"] in ("e2m1", "e4m3") for entry in bd.format_map(model).values())
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_takes_the_given_momentum(momentum, tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    args = training_arguments(str(tmp_path), steps=1, batch_size=4, lr=1.0, seed=0)
+    trainer = DMXTrainer(
+        model, args, TargetAwarePenalty(5.0, 5.0), momentum=momentum, train_dataset=_token_data())
+    group = trainer.create_optimizer().param_groups[0]
+    assert (group["momentum"], group["nesterov"]) == (momentum, momentum > 0)
+
+
 def test_weights_stay_frozen(tmp_path):
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     weight = model.model.layers[0].mlp.down_proj.weight.detach().clone()

@@ -125,6 +125,8 @@ class DMX(Method):
             metrics["train_time_s"] = time.perf_counter() - train_start
             metrics["train_steps"] = args.dmx_steps
             metrics["train_grad_accum"] = args.dmx_grad_accum
+            metrics["train_lr"] = args.dmx_lr
+            metrics["train_momentum"] = args.dmx_momentum
         run.model.eval()
         metrics["learned_avg_bits"] = dmx.bits_report(run.model)[args.dmx_average]
         projection = project_offsets(run.model, run.plan.target_bits, **run.plan.weighting)

@@ -69,6 +69,8 @@ RESULT_KEYS = (
     "seqlen",
     "nsamples",
     "steps",
+    "train_lr",
+    "train_momentum",
     "regularizer",
     "rounding",
     "output",
@@ -105,6 +107,8 @@ class RunRecord:
     train_time_s: Optional[float] = None
     train_steps: Optional[int] = None
     train_grad_accum: Optional[int] = None
+    train_lr: Optional[float] = None
+    train_momentum: Optional[float] = None
     learned_avg_bits: Optional[float] = None
     lowered_offsets: Optional[int] = None
     accuracy: Optional[Dict[str, Dict]] = None

@@ -56,6 +56,7 @@ def train_offsets(plan, model, calib) -> str:
         training_args,
         regularizer(plan),
         optimizer_name=args.dmx_optimizer,
+        momentum=args.dmx_momentum,
         temp_start=args.dmx_temp_start,
         temp_end=args.dmx_temp_end,
         temp_delay=args.dmx_temp_delay,
