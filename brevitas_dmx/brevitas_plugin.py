@@ -52,6 +52,7 @@ from brevitas_dmx.quant import LADDER_QUANTIZERS
 from brevitas_dmx.solver.callbacks import TemperatureScheduleCallback
 from brevitas_dmx.solver.regularizers import TargetAwarePenalty
 from brevitas_dmx.solver.trainer import DMXLossMixin
+from brevitas_dmx.solver.trainer import sgd_options
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +144,7 @@ class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
                         [
                             {
                                 "get_param_fn": dmx_offset_parameters,
-                                "optimizer_kwargs":
-                                    {
-                                        "lr": self.dmx_lr,
-                                        "momentum": self.dmx_momentum,
-                                        "nesterov": self.dmx_momentum > 0
-                                    }
+                                "optimizer_kwargs": sgd_options(self.dmx_lr, self.dmx_momentum)
                             }
                         ],
                     **_CONSTANT_LR

@@ -311,7 +311,7 @@ class DMXArguments(BudgetArguments):
 RANGES = {
     "dmx_lambda": "non_negative",
     "dmx_lr": "positive",
-    "dmx_momentum": "momentum",
+    "dmx_momentum": "fraction_below_one",
     "dmx_temp_start": "positive",
     "dmx_temp_end": "positive",
     "dmx_temp_delay": "fraction",
@@ -333,7 +333,7 @@ _CHECKS = {
     "non_negative": (lambda v: v >= 0, "must be >= 0"),
     "fraction": (lambda v: 0 <= v <= 1, "is a fraction in [0, 1]"),
     "open_fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
-    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "fraction_below_one": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 
 

@@ -197,6 +197,12 @@ class DMXLossMixin:
         return get_last_checkpoint(self.args.output_dir)
 
 
+def sgd_options(lr: float, momentum: float) -> dict:
+    """The paper's SGD on the offsets: Nesterov momentum (plain SGD at momentum 0, where
+    ``torch.optim.SGD`` refuses Nesterov), no weight decay."""
+    return {"lr": lr, "momentum": momentum, "nesterov": momentum > 0}
+
+
 class DMXTrainer(DMXLossMixin, Trainer):
     """Trains only the dMX offsets of ``model`` with the task loss plus ``regularizer``.
 
@@ -262,8 +268,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             params = [o.raw_offset for o in dmx_offsets(self.model)]
             lr = self.args.learning_rate
             if self.optimizer_name == "sgd":
-                self.optimizer = torch.optim.SGD(
-                    params, lr=lr, momentum=self.momentum, nesterov=self.momentum > 0)
+                self.optimizer = torch.optim.SGD(params, **sgd_options(lr, self.momentum))
             elif self.optimizer_name == "adam":
                 self.optimizer = torch.optim.Adam(params, lr=lr)
             else:
