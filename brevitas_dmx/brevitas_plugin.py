@@ -40,6 +40,7 @@ from brevitas_dmx.config import ROUNDING_CHOICES
 from brevitas_dmx.console import log_to_console
 from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import E8M0_SCALE_BITS
+from brevitas_dmx.llm_args import check_ranges
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.pipeline import finalize_checked
 from brevitas_dmx.pipeline import log_format_table
@@ -135,6 +136,8 @@ class DMXTrainingArguments(BrevitasTrainingArguments, BudgetArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # The same ranges as brevitas_dmx_llm's flags, named as HfArgumentParser spells them.
+        check_ranges(self, BudgetArguments, name=lambda dest: "--" + dest)
         if self.optimizer_scheduler_args is None:
             # The paper's optimizer on the offsets; SpinQuant's on the rotations if asked.
             self.optimizer_scheduler_args = [

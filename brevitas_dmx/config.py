@@ -114,6 +114,16 @@ class Optimizer(Choice):
 OPTIMIZERS = Optimizer.values()
 
 
+class LRSchedule(Choice):
+    """Learning-rate schedules of the offsets (Hugging Face's names); constant is the paper's."""
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+LR_SCHEDULES = LRSchedule.values()
+
+
 class ScaleRule(Choice):
     """Shared block-scale rules: OCP's floor; the smallest power of two that does not saturate;
     or AMD Quark's "even" (the block maximum rounded to the element's mantissa before the

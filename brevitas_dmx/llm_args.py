@@ -26,6 +26,8 @@ from brevitas_dmx.config import DEPLOY_TARGETS
 from brevitas_dmx.config import HUB_DATASETS
 from brevitas_dmx.config import INITS
 from brevitas_dmx.config import LOSSES
+from brevitas_dmx.config import LR_SCHEDULES
+from brevitas_dmx.config import LRSchedule
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.config import REGULARIZERS
 from brevitas_dmx.config import ROUNDING_CHOICES
@@ -163,6 +165,14 @@ class DMXArguments(BudgetArguments):
         metadata={
             "help": "sgd: with --dmx-momentum, Nesterov, as the paper (%(default)s).",
             "choices": OPTIMIZERS
+        })
+    dmx_lr_schedule: str = field(
+        default=LRSchedule.CONSTANT.value,
+        metadata={
+            "help":
+                "constant (the paper's, %(default)s), or linear / cosine: the learning rate "
+                "falls to 0 over --dmx-steps, so the last steps average over more batches.",
+            "choices": LR_SCHEDULES
         })
     dmx_steps: int = field(
         default=DEFAULT_STEPS, metadata={"help": "Training steps (%(default)s)."})
@@ -367,14 +377,14 @@ def add_arguments(group, arguments=DMXArguments) -> None:
         group.add_argument(flag_name(spec.name), type=kind, **options)
 
 
-def check_ranges(values, arguments=DMXArguments) -> None:
-    """Raises a ``ValueError`` naming the first flag whose value is out of its field's range
-    (None, an unset optional value, is never out of range)."""
+def check_ranges(values, arguments=DMXArguments, name=flag_name) -> None:
+    """Raises a ``ValueError`` naming (``name(field)``) the first flag whose value is out of its
+    field's range (None, an unset optional value, is never out of range)."""
     for spec in fields(arguments):
         check = RANGES.get(spec.name)
         value = getattr(values, spec.name)
         if check is not None and value is not None and not _CHECKS[check][0](value):
-            raise ValueError(f"{flag_name(spec.name)} {_CHECKS[check][1]}, got {value}")
+            raise ValueError(f"{name(spec.name)} {_CHECKS[check][1]}, got {value}")
 
 
 def build_parser():

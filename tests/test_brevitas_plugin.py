@@ -124,6 +124,12 @@ def test_rotations_train_jointly_with_the_offsets(tmp_path, local_wikitext, watc
     assert watched_training["optimizers"] == 2
 
 
+@pytest.mark.parametrize(("flag", "value"), [("dmx_momentum", 1.0), ("dmx_lr", 0.0)])
+def test_stock_path_refuses_an_out_of_range_budget_setting(tmp_path, flag, value):
+    with pytest.raises(ValueError, match=f"^--{flag} must be"):
+        plugin.DMXTrainingArguments(output_dir=str(tmp_path), **{flag: value})
+
+
 def test_accelerate_removes_hooks_from_brevitas_quant_layers():
     """Stock brevitas_ptq_llm calls accelerate's ``remove_hook_from_module`` on the quantized
     model before fine-tuning. accelerate 1.16 makes it read an attribute of every value in a

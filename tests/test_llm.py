@@ -204,6 +204,18 @@ def test_accumulated_micro_batches_learn_the_offsets_of_the_whole_batch(
         torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-4, atol=1e-7)
 
 
+def test_metrics_record_the_offsets_sgd_settings(finished_run):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert (metrics["train_lr"], metrics["train_momentum"]) == (1.0, 0.99)
+
+
+def test_an_adam_run_records_no_momentum(tiny_folder, text_file, tmp_path):
+    argv = _argv(
+        tiny_folder, text_file, tmp_path, "--dmx-optimizer", "adam", "--dmx-skip-baselines")
+    assert llm.main(argv) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text()).get("train_momentum") is None
+
+
 def test_bfloat16_run(tiny_folder, text_file, tmp_path):
     argv = _argv(tiny_folder, text_file, tmp_path, "--dtype", "bfloat16", "--dmx-skip-baselines")
     assert llm.main(argv) == 0

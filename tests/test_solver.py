@@ -117,6 +117,20 @@ def test_sgd_takes_the_given_momentum(momentum, tmp_path):
     assert (group["momentum"], group["nesterov"]) == (momentum, momentum > 0)
 
 
+def test_linear_lr_schedule_falls_to_zero_at_the_last_step(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    args = training_arguments(str(tmp_path), steps=4, batch_size=4, lr=2.0, lr_schedule="linear")
+    trainer = DMXTrainer(model, args, TargetAwarePenalty(5.0, 5.0), train_dataset=_token_data())
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates == pytest.approx([2.0, 1.5, 1.0, 0.5])
+    assert trainer.lr_scheduler.get_last_lr()[0] == 0.0
+
+
 def test_weights_stay_frozen(tmp_path):
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
     weight = model.model.layers[0].mlp.down_proj.weight.detach().clone()

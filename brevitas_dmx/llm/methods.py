@@ -17,6 +17,7 @@ import torch
 import brevitas_dmx as dmx
 from brevitas_dmx.baselines import mlp_high_map
 from brevitas_dmx.config import Method as MethodName
+from brevitas_dmx.config import Optimizer
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.llm.cache import sensitivity_scores
 from brevitas_dmx.llm.plan import source_train_steps
@@ -126,7 +127,9 @@ class DMX(Method):
             metrics["train_steps"] = args.dmx_steps
             metrics["train_grad_accum"] = args.dmx_grad_accum
             metrics["train_lr"] = args.dmx_lr
-            metrics["train_momentum"] = args.dmx_momentum
+            metrics["train_lr_schedule"] = args.dmx_lr_schedule
+            if args.dmx_optimizer == Optimizer.SGD:  # Adam's moments have no such setting
+                metrics["train_momentum"] = args.dmx_momentum
         run.model.eval()
         metrics["learned_avg_bits"] = dmx.bits_report(run.model)[args.dmx_average]
         projection = project_offsets(run.model, run.plan.target_bits, **run.plan.weighting)

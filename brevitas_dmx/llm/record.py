@@ -71,6 +71,7 @@ RESULT_KEYS = (
     "steps",
     "train_lr",
     "train_momentum",
+    "train_lr_schedule",
     "regularizer",
     "rounding",
     "output",
@@ -109,6 +110,7 @@ class RunRecord:
     train_grad_accum: Optional[int] = None
     train_lr: Optional[float] = None
     train_momentum: Optional[float] = None
+    train_lr_schedule: Optional[str] = None
     learned_avg_bits: Optional[float] = None
     lowered_offsets: Optional[int] = None
     accuracy: Optional[Dict[str, Dict]] = None

@@ -50,7 +50,8 @@ def train_offsets(plan, model, calib) -> str:
         args.dmx_batch_size,
         args.dmx_lr,
         args.seed,
-        gradient_accumulation_steps=args.dmx_grad_accum)
+        gradient_accumulation_steps=args.dmx_grad_accum,
+        lr_schedule=args.dmx_lr_schedule)
     trainer = DMXTrainer(
         model,
         training_args,

@@ -370,8 +370,10 @@ def training_arguments(
         save_steps: Optional[int] = None,
         logging_steps: Optional[int] = None,
         gradient_accumulation_steps: int = 1,
+        lr_schedule: str = "constant",
         **kwargs) -> TrainingArguments:
-    """The paper's recipe as ``TrainingArguments``: constant learning rate, no weight decay,
+    """The paper's recipe as ``TrainingArguments``: constant learning rate (or ``lr_schedule``,
+    a Hugging Face scheduler name), no weight decay,
     checkpoints of the offsets every ``save_steps`` (a tenth of the run by default).
 
     ``batch_size`` is the GLOBAL batch of one forward pass: under ``accelerate launch`` or
@@ -388,7 +390,7 @@ def training_arguments(
         per_device_train_batch_size=distributed.per_device_batch_size(batch_size),
         gradient_accumulation_steps=gradient_accumulation_steps,
         learning_rate=lr,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=lr_schedule,
         weight_decay=0.0,
         warmup_steps=0,
         logging_steps=logging_steps or max(1, steps // 20),
