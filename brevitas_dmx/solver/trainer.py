@@ -27,6 +27,7 @@ from brevitas_dmx.config import DEFAULT_MOMENTUM
 from brevitas_dmx.config import DEFAULT_TEMP_DELAY
 from brevitas_dmx.config import DEFAULT_TEMP_END
 from brevitas_dmx.config import DEFAULT_TEMP_START
+from brevitas_dmx.config import LRSchedule
 from brevitas_dmx.config import OPTIMIZERS
 from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
@@ -370,7 +371,7 @@ def training_arguments(
         save_steps: Optional[int] = None,
         logging_steps: Optional[int] = None,
         gradient_accumulation_steps: int = 1,
-        lr_schedule: str = "constant",
+        lr_schedule: str = LRSchedule.CONSTANT.value,
         **kwargs) -> TrainingArguments:
     """The paper's recipe as ``TrainingArguments``: constant learning rate (or ``lr_schedule``,
     a Hugging Face scheduler name), no weight decay,
