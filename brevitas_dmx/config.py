@@ -82,10 +82,12 @@ ROUNDING_CHOICES = (AUTO_ROUNDING,) + ROUNDINGS
 
 
 class Init(Choice):
-    """Where the offsets start: every layer on the ladder's lowest format, or on the formats the
-    Fisher baseline picks for the budget (a warm start)."""
+    """Where the offsets start: every layer on the ladder's lowest format, on the formats the
+    Fisher baseline picks for the budget (a warm start), or every layer on one offset between
+    formats where the average is the budget."""
     LOW = "low"
     FISHER = "fisher"
+    BUDGET = "budget"
 
 
 INITS = Init.values()
@@ -148,9 +150,11 @@ DEPLOY_TARGETS = DeployTarget.values()
 
 
 class Regularizer(Choice):
-    """The penalties that hold the average bit width: max(0, lambda*(b - target)), or lambda*b."""
+    """How the average bit width is held: the penalty max(0, lambda*(b - target)), the penalty
+    lambda*b, or no penalty and a step back onto the budget after every optimizer step."""
     TARGET = "target"
     SCALING = "scaling"
+    HOLD = "hold"
 
 
 REGULARIZERS = Regularizer.values()

@@ -107,8 +107,10 @@ class DMXArguments(BudgetArguments):
         metadata={
             "help":
                 "Where the offsets start: low (every layer on the ladder's lowest format, the "
-                "paper's) or fisher (on the Fisher baseline's formats for the budget; its scores "
-                "use --dmx-sensitivity-samples and --dmx-sensitivity-cache).",
+                "paper's), fisher (on the Fisher baseline's formats for the budget; its scores "
+                "use --dmx-sensitivity-samples and --dmx-sensitivity-cache) or budget (every "
+                "layer on one offset between formats whose average at --dmx-temp-start is the "
+                "budget).",
             "choices": INITS
         })
     dmx_sensitivity_samples: int = field(
@@ -157,7 +159,10 @@ class DMXArguments(BudgetArguments):
     dmx_regularizer: str = field(
         default="target",
         metadata={
-            "help": "target: max(0, lambda*(b - target)); scaling: lambda*b (ablation).",
+            "help":
+                "target: max(0, lambda*(b - target)); scaling: lambda*b (ablation); hold: no "
+                "penalty (lambda unused), the offsets moved back onto the budget along the "
+                "average's gradient after every step.",
             "choices": REGULARIZERS
         })
     dmx_optimizer: str = field(

@@ -216,6 +216,25 @@ def test_an_adam_run_records_no_momentum(tiny_folder, text_file, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()).get("train_momentum") is None
 
 
+def test_a_held_budget_run_steps_back_onto_the_budget_after_every_step(
+        tiny_folder, text_file, tmp_path, monkeypatch):
+    from brevitas_dmx.solver import HeldBudget
+    held = []
+    hold = HeldBudget.hold
+    monkeypatch.setattr(HeldBudget, "hold", lambda self, model: held.append(hold(self, model)))
+    argv = _argv(
+        tiny_folder,
+        text_file,
+        tmp_path,
+        "--dmx-regularizer",
+        "hold",
+        "--dmx-steps",
+        "3",
+        "--dmx-skip-baselines")
+    assert llm.main(argv) == 0
+    assert len(held) == 3
+
+
 def test_bfloat16_run(tiny_folder, text_file, tmp_path):
     argv = _argv(tiny_folder, text_file, tmp_path, "--dtype", "bfloat16", "--dmx-skip-baselines")
     assert llm.main(argv) == 0

@@ -253,6 +253,29 @@ def test_fisher_warm_start_begins_training_on_the_fisher_formats(
     assert metrics["init"] == "fisher"
 
 
+def test_a_budget_start_is_recorded_and_puts_every_offset_between_formats(
+        tiny_folder, text_file, tmp_path):
+    argv = tiny_run_argv(
+        tiny_folder,
+        text_file,
+        tmp_path,
+        "--dmx-target-bits",
+        "5.5",
+        "--dmx-skip-baselines",
+        "--dmx-init",
+        "budget",
+        "--dmx-steps",
+        "2",
+        "--dmx-output",
+        str(tmp_path / "d"))
+    assert llm.main(argv) == 0
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    ladder = get_ladder(metrics["ladder"])
+    assert metrics["init"] == "budget"
+    assert 0 < metrics["init_offset"] < ladder.span
+    assert metrics["bits"]["memory_with_scales"] <= 5.5
+
+
 def test_fisher_warm_start_needs_the_dmx_method(tiny_folder, text_file, capsys, no_model_loading):
     argv = [
         "--model",

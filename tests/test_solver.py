@@ -17,6 +17,7 @@ from brevitas_dmx.quant import DMXFloatStaircaseWeight
 from brevitas_dmx.quant import DMXFloatWeight
 from brevitas_dmx.solver import budget_problem
 from brevitas_dmx.solver import DMXTrainer
+from brevitas_dmx.solver import HeldBudget
 from brevitas_dmx.solver import NonFiniteLossError
 from brevitas_dmx.solver import project_model
 from brevitas_dmx.solver import retarget
@@ -24,6 +25,7 @@ from brevitas_dmx.solver import ScalingPenalty
 from brevitas_dmx.solver import TargetAwarePenalty
 from brevitas_dmx.solver import temperature_at
 from brevitas_dmx.solver import training_arguments
+from brevitas_dmx.solver.projection import budget_start_offsets
 from brevitas_dmx.solver.projection import BudgetProblem
 from brevitas_dmx.solver.projection import init_offsets
 from brevitas_dmx.solver.projection import load_problem
@@ -82,6 +84,42 @@ def test_scaling_penalty_is_lambda_times_bits():
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
     penalty, bits = ScalingPenalty(lam=0.5, weighting="size")(model)
     assert penalty.item() == pytest.approx(0.5 * bits.item())
+
+
+def test_held_budget_moves_an_over_budget_average_onto_the_target():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    _set_offsets(model, [1.5] * 14)
+    held = HeldBudget(5.0)
+    assert held.average(model).item() > 5.5
+    assert held.hold(model) > 0
+    assert held.average(model).item() == pytest.approx(5.0, abs=1e-4)
+    assert held.average(model).item() <= 5.0
+    assert all(o.raw_offset.item() < 1.5 for o in bd.dmx_offsets(model))
+
+
+def test_held_budget_leaves_an_average_under_the_target_alone():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    _spread_offsets(model, high=1.0)
+    before = [o.raw_offset.item() for o in bd.dmx_offsets(model)]
+    assert HeldBudget(7.0).hold(model) == 0.0
+    assert [o.raw_offset.item() for o in bd.dmx_offsets(model)] == before
+
+
+def test_held_budget_has_no_penalty():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct).train()
+    _set_offsets(model, [1.5] * 14)
+    penalty, bits = HeldBudget(5.0)(model)
+    assert bits.item() > 5.0 and penalty.item() == 0.0
+
+
+def test_a_held_budget_run_ends_on_the_budget(tmp_path):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _set_offsets(model, [1.5] * 14)
+    args = training_arguments(str(tmp_path), steps=6, batch_size=4, lr=1.0, seed=0)
+    # no annealing: at one temperature the average is smooth and the hold lands on it
+    DMXTrainer(model, args, HeldBudget(5.0), temp_end=0.4, train_dataset=_token_data()).train()
+    model.train()
+    assert HeldBudget(5.0).average(model).item() == pytest.approx(5.0, abs=1e-3)
 
 
 def _train(model, output_dir, steps, target=5.0, lam=5.0, lr=1.0, resume=None, data=None, **kw):
@@ -261,6 +299,24 @@ def test_a_warm_start_moves_the_start_offsets():
     start = project_model(model, 6.0)
     init_offsets(model, start)
     assert [o.start_offset for o in bd.dmx_offsets(model)] == [float(b) for b in start.betas]
+
+
+def test_a_budget_start_averages_the_budget_at_the_start_temperature():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    start = budget_start_offsets(model, 6.0, temperature=0.4, weighting="simple")
+    offsets = bd.dmx_offsets(model)
+    assert 0.0 < start < offsets[0].ladder.span
+    assert [o.raw_offset.item() for o in offsets] == [start] * len(offsets)
+    bd.set_temperature(model, 0.4)
+    for offset in offsets:
+        offset.train()
+    assert float(bd.average_bits(model, "simple")) == pytest.approx(6.0, abs=1e-6)
+
+
+def test_a_budget_start_the_ladders_cannot_reach_puts_every_offset_at_the_top():
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    start = budget_start_offsets(model, 99.0, temperature=0.4, weighting="simple")
+    assert start > bd.dmx_offsets(model)[0].ladder.span
 
 
 def test_start_offsets_travel_with_a_run_directory(tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 import brevitas_dmx as dmx
 from brevitas_dmx.baselines import mlp_high_map
+from brevitas_dmx.config import Init
 from brevitas_dmx.config import Method as MethodName
 from brevitas_dmx.config import Optimizer
 from brevitas_dmx.formats import element_format
@@ -27,6 +28,7 @@ from brevitas_dmx.model import check_format_map
 from brevitas_dmx.pipeline import project_offsets
 from brevitas_dmx.pipeline import score_projection
 from brevitas_dmx.solver.projection import assign_projection
+from brevitas_dmx.solver.projection import budget_start_offsets
 from brevitas_dmx.solver.projection import init_offsets
 from brevitas_dmx.solver.projection import load_problem
 from brevitas_dmx.solver.projection import restore_start_offsets
@@ -121,6 +123,11 @@ class DMX(Method):
                     run.model,
                     score_projection(run.model, scores, run.plan.target_bits, **run.plan.weighting))
                 run.log("offsets start on the Fisher baseline's formats for the budget")
+            elif args.dmx_init == Init.BUDGET:
+                start = budget_start_offsets(
+                    run.model, run.plan.target_bits, args.dmx_temp_start, **run.plan.weighting)
+                metrics["init_offset"] = start
+                run.log(f"offsets start at {start:.3f}, where the average is the budget")
             train_start = time.perf_counter()
             metrics["parallelism"] = train_offsets(run.plan, run.model, run.calib)
             metrics["train_time_s"] = time.perf_counter() - train_start

@@ -59,6 +59,7 @@ RESULT_KEYS = (
     "retargeted_from",
     "retargeted_steps",
     "init",
+    "init_offset",
     "rotation",
     "eval_windows",
     "eval_fingerprint",
@@ -102,6 +103,7 @@ class RunRecord:
     uniform: Dict[str, float] = field(default_factory=dict)
     search_time_s: Optional[float] = None
     init: Optional[str] = None
+    init_offset: Optional[float] = None  # --dmx-init budget: where every offset started
     retargeted_from: Optional[str] = None
     retargeted_steps: Optional[int] = None
     parallelism: Optional[str] = None

@@ -14,6 +14,7 @@ from brevitas_dmx.config import Regularizer
 from brevitas_dmx.llm.plan import CHECKPOINTS_DIR
 from brevitas_dmx.pipeline import prepare_training
 from brevitas_dmx.solver import DMXTrainer
+from brevitas_dmx.solver import HeldBudget
 from brevitas_dmx.solver import ScalingPenalty
 from brevitas_dmx.solver import TargetAwarePenalty
 from brevitas_dmx.solver import training_arguments
@@ -31,6 +32,8 @@ def regularizer(plan):
     args = plan.args
     if args.dmx_regularizer == Regularizer.TARGET:
         return TargetAwarePenalty(args.dmx_target_bits, args.dmx_lambda, **plan.weighting)
+    if args.dmx_regularizer == Regularizer.HOLD:
+        return HeldBudget(args.dmx_target_bits, **plan.weighting)
     return ScalingPenalty(args.dmx_lambda, **plan.weighting)
 
 

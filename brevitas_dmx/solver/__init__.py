@@ -8,6 +8,7 @@ from .projection import budget_problem
 from .projection import project
 from .projection import project_model
 from .projection import retarget
+from .regularizers import HeldBudget
 from .regularizers import ScalingPenalty
 from .regularizers import TargetAwarePenalty
 from .trainer import DMXTrainer

@@ -31,6 +31,7 @@ from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
 from brevitas_dmx.formats import ladder as get_ladder
+from brevitas_dmx.model import average_bits
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import layer_format
 from brevitas_dmx.model import mx_quantizers
@@ -323,6 +324,48 @@ def init_offsets(model: nn.Module, projection: Projection) -> None:
         for offset, beta in zip(offsets, projection.betas):
             offset.raw_offset.fill_(float(beta))
             offset.start_offset = float(beta)
+
+
+def budget_start_offsets(
+        model: nn.Module,
+        target_bits: float,
+        temperature: float,
+        weighting: str = DEFAULT_WEIGHTING,
+        include_scale_bits: bool = DEFAULT_INCLUDE_SCALE_BITS) -> float:
+    """Starts every raw offset on one value, the one whose continuous formats at ``temperature``
+    (where training starts) average ``target_bits``; returns it. From the lowest format a short
+    search spends its first steps climbing to the budget; from here every step ranks the layers,
+    and between the formats F is steepest, so the offsets move fastest. A budget above what the
+    ladders reach starts them all at the top. The offsets get no start offset (see below)."""
+    _, offsets = _budget_problem_and_offsets(model)
+    if not offsets:
+        raise ValueError("The model has no learnable offsets to start (quantize it with dMX).")
+    span = max(o.ladder.span for o in offsets)
+    low = min(min(o.ladder.discrete_betas) for o in offsets) - 2 * span
+    high = max(max(o.ladder.discrete_betas) for o in offsets) + 2 * span
+    modes = [o.training for o in offsets]
+    with torch.no_grad():
+        for offset in offsets:
+            offset.train()
+            offset.temperature.fill_(float(temperature))
+
+        def bits_at(raw: float) -> float:
+            for offset in offsets:
+                offset.raw_offset.fill_(raw)
+            return float(average_bits(model, weighting, include_scale_bits))
+
+        if bits_at(high) > target_bits:
+            for _ in range(60):  # the average rises with the offset: bisect on it
+                middle = (low + high) / 2
+                low, high = (middle, high) if bits_at(middle) < target_bits else (low, middle)
+            bits_at(low)  # at or just under the budget
+        for offset, mode in zip(offsets, modes):
+            offset.train(mode)
+            # No start for the projection: it lies between two formats, and "none above the
+            # start" would give every offset training lowered the lower one, however little it
+            # fell; the projection ranks these offsets by where they end alone.
+            offset.start_offset = None
+    return offsets[0].raw_offset.item()
 
 
 def restore_start_offsets(model: nn.Module, problem: BudgetProblem) -> None:

@@ -4,6 +4,7 @@
 
 from typing import Tuple
 
+import torch
 from torch import nn
 from torch import Tensor
 
@@ -11,6 +12,7 @@ from brevitas_dmx.config import DEFAULT_INCLUDE_SCALE_BITS
 from brevitas_dmx.config import DEFAULT_LAMBDA
 from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.model import average_bits
+from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import WEIGHTINGS
 
 
@@ -54,3 +56,50 @@ class ScalingPenalty(_Regularizer):
 
     def penalty(self, bits: Tensor) -> Tensor:
         return self.lam * bits
+
+
+class HeldBudget(_Regularizer):
+    """No penalty: after every optimizer step ``hold`` moves the offsets back onto the budget
+    along the gradient of the average, the shortest way there to first order (a projected
+    gradient step). Over budget, every offset gives way in proportion to the bits it moves, so
+    the loss alone ranks the layers; a penalty pushes back only after the average has crossed
+    the target, and with momentum it overshoots, far below the budget from a start on it."""
+
+    def __init__(self, target_bits: float, **kwargs):
+        super().__init__(0.0, **kwargs)
+        self.target_bits = float(target_bits)
+
+    def penalty(self, bits: Tensor) -> Tensor:
+        return torch.zeros_like(bits)
+
+    def hold(self, model: nn.Module, iterations: int = 40) -> float:
+        """Brings an over-budget average back to the target; returns how far it moved along
+        the gradient (0.0 at or under budget)."""
+        raw = [o.raw_offset for o in dmx_offsets(model)]
+        with torch.enable_grad():
+            bits = self.average(model)
+            if float(bits) <= self.target_bits:
+                return 0.0
+            grads = torch.autograd.grad(bits, raw, allow_unused=True)
+        with torch.no_grad():
+            start = [r.detach().clone() for r in raw]
+            grads = [torch.zeros_like(r) if g is None else g for r, g in zip(raw, grads)]
+
+            def over_at(step: float) -> bool:
+                for r, r0, g in zip(raw, start, grads):
+                    r.copy_(r0 - step * g)
+                return float(self.average(model)) > self.target_bits
+
+            # first-order guess of the step, doubled until it lands under the target
+            high = (float(bits) - self.target_bits) / max(
+                sum(float(g.pow(2).sum()) for g in grads), 1e-12)
+            low = 0.0
+            for _ in range(60):
+                if not over_at(high):
+                    break
+                low, high = high, 2 * high
+            for _ in range(iterations):
+                middle = (low + high) / 2
+                low, high = (middle, high) if over_at(middle) else (low, middle)
+            over_at(high)  # at or just under the target
+        return high

@@ -245,6 +245,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
             use_compiled_kernels(model, compile_kernels)
         self.schedule = TemperatureScheduleCallback(temp_start, temp_end, temp_delay)
         callbacks = [self.schedule] + list(callbacks or [])
+        if hasattr(regularizer, "hold"):  # HeldBudget: back onto the budget after each step
+            callbacks.append(_HoldBudget(regularizer))
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
@@ -349,6 +351,16 @@ class DMXTrainer(DMXLossMixin, Trainer):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No dMX offsets checkpoint at {path}")
         load_offsets(model or self.model, torch.load(path, map_location="cpu"))
+
+
+class _HoldBudget(TrainerCallback):
+    """Calls the regularizer's ``hold`` after every optimizer step."""
+
+    def __init__(self, regularizer):
+        self.regularizer = regularizer
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.regularizer.hold(model)
 
 
 class _ForgetStaleWeights(TrainerCallback):
