@@ -20,7 +20,7 @@ from fractions import Fraction
 import json
 import math
 import os
-from typing import Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from brevitas_dmx.model import average_bits
 from brevitas_dmx.model import format_map
 from brevitas_dmx.model import layer_format
 from brevitas_dmx.model import mx_quantizers
+from brevitas_dmx.model import set_temperature
 from brevitas_dmx.model import WEIGHTINGS
 
 UNITS_FILE = "budget_units.json"
@@ -326,6 +327,24 @@ def init_offsets(model: nn.Module, projection: Projection) -> None:
             offset.start_offset = float(beta)
 
 
+def bisect_budget(
+        over: Callable[[float], bool],
+        under: float,
+        over_end: float,
+        iterations: int = 60) -> float:
+    """Bisects between ``under`` and ``over_end``, where ``over`` (which places the offsets at its
+    argument and says whether the average is then over budget) is False and True, for
+    ``iterations`` halvings; leaves the offsets at the last point under budget and returns it."""
+    for _ in range(iterations):
+        middle = (under + over_end) / 2
+        if over(middle):
+            over_end = middle
+        else:
+            under = middle
+    over(under)
+    return under
+
+
 def budget_start_offsets(
         model: nn.Module,
         target_bits: float,
@@ -344,21 +363,18 @@ def budget_start_offsets(
     low = min(min(o.ladder.discrete_betas) for o in offsets) - 2 * span
     high = max(max(o.ladder.discrete_betas) for o in offsets) + 2 * span
     modes = [o.training for o in offsets]
+    set_temperature(model, temperature)
     with torch.no_grad():
         for offset in offsets:
             offset.train()
-            offset.temperature.fill_(float(temperature))
 
-        def bits_at(raw: float) -> float:
+        def over_at(raw: float) -> bool:
             for offset in offsets:
                 offset.raw_offset.fill_(raw)
-            return float(average_bits(model, weighting, include_scale_bits))
+            return float(average_bits(model, weighting, include_scale_bits)) > target_bits
 
-        if bits_at(high) > target_bits:
-            for _ in range(60):  # the average rises with the offset: bisect on it
-                middle = (low + high) / 2
-                low, high = (middle, high) if bits_at(middle) < target_bits else (low, middle)
-            bits_at(low)  # at or just under the budget
+        if over_at(high):  # the average rises with the offset
+            bisect_budget(over_at, low, high)
         for offset, mode in zip(offsets, modes):
             offset.train(mode)
             # No start for the projection: it lies between two formats, and "none above the

@@ -14,6 +14,7 @@ from brevitas_dmx.config import DEFAULT_WEIGHTING
 from brevitas_dmx.model import average_bits
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import WEIGHTINGS
+from brevitas_dmx.solver.projection import bisect_budget
 
 
 class _Regularizer:
@@ -98,8 +99,4 @@ class HeldBudget(_Regularizer):
                 if not over_at(high):
                     break
                 low, high = high, 2 * high
-            for _ in range(iterations):
-                middle = (low + high) / 2
-                low, high = (middle, high) if over_at(middle) else (low, middle)
-            over_at(high)  # at or just under the target
-        return high
+            return bisect_budget(over_at, high, low, iterations)
