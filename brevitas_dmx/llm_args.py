@@ -122,8 +122,8 @@ class DMXArguments(BudgetArguments):
         default=None,
         metadata={
             "help":
-                "JSON file that keeps kl / fisher layer scores: reused when the model, data and "
-                "settings match (a sweep scores once)."
+                "JSON file that keeps kl / fisher layer scores: reused when the model, dtype, "
+                "data and settings match (a sweep scores once)."
         })
     dmx_float_cache: Optional[str] = field(
         default=None,

@@ -243,6 +243,26 @@ def test_bfloat16_run(tiny_folder, text_file, tmp_path):
     assert 1.0 < metrics["quant_ppl"] < 1e4  # finite and a perplexity
 
 
+def test_fisher_scores_of_another_dtype_are_cached_apart(tiny_folder, text_file, tmp_path):
+    cache = tmp_path / "scores.json"
+    for dtype in ("float32", "bfloat16"):
+        argv = _argv(
+            tiny_folder,
+            text_file,
+            tmp_path / dtype,
+            "--dmx-method",
+            "fisher",
+            "--dmx-sensitivity-samples",
+            "2",
+            "--dmx-sensitivity-cache",
+            str(cache),
+            "--dtype",
+            dtype,
+            "--dmx-skip-baselines")
+        assert llm.main(argv) == 0
+    assert len(json.loads(cache.read_text())) == 2
+
+
 def _float_argv(model, data, out, cache):
     flags = "--seqlen 32 --nsamples 8 --dmx --dmx-method float --dmx-eval-windows 6".split()
     files = ["--dmx-float-cache", str(cache), "--dmx-output", str(out)]

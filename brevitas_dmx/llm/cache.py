@@ -66,6 +66,7 @@ def sensitivity_scores(plan, model, calib, method: str):
             "seqlen": plan.seqlen,
             "samples": args.dmx_sensitivity_samples,
             "seed": args.seed,
+            "dtype": args.dtype,  # bfloat16 matmuls move the scores and the time
             "formats": [f.name for f in plan.ladder.formats],
             "weights_only": args.dmx_weights_only,
             "scale_rule": plan.scale_rule,
