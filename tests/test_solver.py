@@ -122,6 +122,20 @@ def test_a_held_budget_run_ends_on_the_budget(tmp_path):
     assert HeldBudget(5.0).average(model).item() == pytest.approx(5.0, abs=1e-3)
 
 
+def test_the_trainer_calls_the_regularizers_after_step_once_a_step(tmp_path):
+    calls = []
+
+    class CountingPenalty(TargetAwarePenalty):
+
+        def after_step(self, model):
+            calls.append(len(bd.dmx_offsets(model)))
+
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    args = training_arguments(str(tmp_path), steps=3, batch_size=4, lr=1.0, seed=0)
+    DMXTrainer(model, args, CountingPenalty(5.0), train_dataset=_token_data()).train()
+    assert calls == [14, 14, 14]
+
+
 def _train(model, output_dir, steps, target=5.0, lam=5.0, lr=1.0, resume=None, data=None, **kw):
     args = training_arguments(str(output_dir), steps=steps, batch_size=4, lr=lr, seed=0, **kw)
     trainer = DMXTrainer(

@@ -40,6 +40,9 @@ class _Regularizer:
         bits = self.average(model)
         return self.penalty(bits), bits
 
+    def after_step(self, model: nn.Module) -> None:
+        """What the trainer calls after every optimizer step: nothing, for a penalty."""
+
 
 class TargetAwarePenalty(_Regularizer):
     """R = max(0, lambda * (b - target)): pushes down only while over budget."""
@@ -72,6 +75,9 @@ class HeldBudget(_Regularizer):
 
     def penalty(self, bits: Tensor) -> Tensor:
         return torch.zeros_like(bits)
+
+    def after_step(self, model: nn.Module) -> None:
+        self.hold(model)
 
     def hold(self, model: nn.Module, iterations: int = 40) -> float:
         """Brings an over-budget average back to the target; returns how far it moved along

@@ -208,7 +208,9 @@ class DMXTrainer(DMXLossMixin, Trainer):
     """Trains only the dMX offsets of ``model`` with the task loss plus ``regularizer``.
 
     The optimizer defaults to the paper's SGD (momentum 0.99, Nesterov, no weight decay) at
-    ``args.learning_rate``; ``optimizer_name`` may be 'adam' or 'adamw'. The temperature follows
+    ``args.learning_rate``; ``optimizer_name`` may be 'adam' or 'adamw'. ``regularizer`` returns
+    (penalty, average bits) when called on the model; if it has an ``after_step(model)``, that
+    runs after every optimizer step. The temperature follows
     ``TemperatureScheduleCallback`` (T0 for ``temp_delay`` of the steps, then exponential to T1).
 
     Under gradient accumulation the micro-batches of a step share the weight work
@@ -245,8 +247,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
             use_compiled_kernels(model, compile_kernels)
         self.schedule = TemperatureScheduleCallback(temp_start, temp_end, temp_delay)
         callbacks = [self.schedule] + list(callbacks or [])
-        if hasattr(regularizer, "hold"):  # HeldBudget: back onto the budget after each step
-            callbacks.append(_HoldBudget(regularizer))
+        if getattr(regularizer, "after_step", None) is not None:
+            callbacks.append(_RegularizerAfterStep(regularizer))
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.regularizer = regularizer
         self.optimizer_name = optimizer_name
@@ -353,14 +355,15 @@ class DMXTrainer(DMXLossMixin, Trainer):
         load_offsets(model or self.model, torch.load(path, map_location="cpu"))
 
 
-class _HoldBudget(TrainerCallback):
-    """Calls the regularizer's ``hold`` after every optimizer step."""
+class _RegularizerAfterStep(TrainerCallback):
+    """Calls the regularizer's ``after_step`` after every optimizer step (``HeldBudget`` moves
+    the offsets back onto the budget there)."""
 
     def __init__(self, regularizer):
         self.regularizer = regularizer
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.regularizer.hold(model)
+        self.regularizer.after_step(model)
 
 
 class _ForgetStaleWeights(TrainerCallback):
