@@ -27,6 +27,7 @@ _PUBLIC = {
             "format_counts",
             "format_map",
             "mx_quantizers",
+            "offsets_settled",
             "reusing_quantized_weights",
             "set_rounding",
             "set_temperature",

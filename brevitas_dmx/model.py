@@ -22,6 +22,7 @@ from brevitas_dmx.core.batch import FormatBatch
 from brevitas_dmx.core.batch import quantizer_widths
 from brevitas_dmx.core.linear import WeightReuse
 from brevitas_dmx.core.offset import DMXOffset
+from brevitas_dmx.core.offset import SETTLED_TOLERANCE
 from brevitas_dmx.core.quant import DMXFloatQuant
 from brevitas_dmx.formats import E8M0_SCALE_BITS
 from brevitas_dmx.formats import element_format
@@ -37,6 +38,7 @@ __all__ = [
     "WEIGHTINGS",
     "dmx_layers",
     "dmx_offsets",
+    "offsets_settled",
     "set_temperature",
     "set_rounding",
     "average_bits",
@@ -283,6 +285,13 @@ def train_only_offsets(model: nn.Module) -> List[DMXOffset]:
     for offset in offsets:
         offset.raw_offset.requires_grad_(True)
     return offsets
+
+
+def offsets_settled(model: nn.Module, tolerance: float = SETTLED_TOLERANCE) -> bool:
+    """Whether every learnable offset of ``model`` has settled on its format
+    (``DMXOffset.settled``): the annealing has left the loss no gradient to move any of them."""
+    offsets = dmx_offsets(model)
+    return bool(offsets) and all(o.settled(tolerance) for o in offsets)
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:

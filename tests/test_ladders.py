@@ -16,6 +16,7 @@ import torch
 from brevitas_dmx import llm
 from brevitas_dmx.core.offset import discrete_offset
 from brevitas_dmx.core.offset import DMXOffset
+from brevitas_dmx.core.offset import relaxation_gap
 from brevitas_dmx.core.offset import tempered_offset
 from brevitas_dmx.formats import DEFAULT_CHAIN
 from brevitas_dmx.formats import FORMATS
@@ -123,6 +124,34 @@ def test_tempered_offset_of_a_chain_is_increasing_and_differentiable():
     assert bool((beta.diff() > 0).all())
     (grad,) = torch.autograd.grad(beta.sum(), raw)
     assert bool((grad > 0).all())
+
+
+def test_relaxation_gap_is_half_a_segment_at_its_middle():
+    path = ladder("e2m1,e2m3,e4m3")
+    for temperature in (0.4, 20.0, 1e4):
+        gap = relaxation_gap(torch.tensor([1.0, 3.0]), torch.tensor(temperature), path, 20.0)
+        assert torch.allclose(gap, torch.tensor([1.0, 1.0]))
+
+
+def test_relaxation_gap_bounds_the_slope_of_the_tempered_offset():
+    path = ladder("e2m1,e2m3,e4m3")
+    raw = torch.linspace(-0.5, 4.5, 101, requires_grad=True)
+    for temperature in (0.4, 3.0, 20.0):
+        t = torch.tensor(temperature)
+        (slope,) = torch.autograd.grad(tempered_offset(raw, t, path, 20.0).sum(), raw)
+        gap = relaxation_gap(raw.detach(), t, path, 20.0)
+        # each segment's slope is c * T * s * (1 - s) <= c * T * gap / L, L = 2 here
+        assert bool((slope <= 2 * 20.0 * temperature * gap / 2 * (1 + 1e-5)).all())
+
+
+def test_an_offset_settles_only_once_its_sigmoid_has_saturated():
+    offset = DMXOffset("e2m1,e2m3,e4m3", init=0.4)
+    offset.temperature.fill_(0.4)
+    assert not offset.settled(1e-6)
+    offset.temperature.fill_(1e3)
+    assert offset.settled(1e-6)
+    offset.rounding = "ste"
+    assert not offset.settled(1e-6)
 
 
 def test_offset_assignment_accepts_only_the_chain_formats():

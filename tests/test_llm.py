@@ -187,6 +187,13 @@ def test_plot_draws_a_block_by_projection_grid_for_llm_names(finished_run, tmp_p
     assert os.path.getsize(plot_bits(other, str(tmp_path / "bars.png"))) > 1000
 
 
+def test_a_run_records_the_steps_its_settled_offsets_skipped(tiny_folder, text_file, tmp_path):
+    hot = ("--dmx-skip-baselines", "--dmx-temp-start", "1e4", "--dmx-temp-end", "1e4")
+    assert llm.main(_argv(tiny_folder, text_file, tmp_path, *hot)) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_settled_steps"] == metrics["train_steps"] > 0
+
+
 def test_accumulated_micro_batches_learn_the_offsets_of_the_whole_batch(
         tiny_folder, text_file, tmp_path):
     whole_dir, accumulated_dir = tmp_path / "whole", tmp_path / "accumulated"

@@ -136,10 +136,58 @@ def test_the_trainer_calls_the_regularizers_after_step_once_a_step(tmp_path):
     assert calls == [14, 14, 14]
 
 
-def _train(model, output_dir, steps, target=5.0, lam=5.0, lr=1.0, resume=None, data=None, **kw):
+def _offsets_after(tmp_path, skip_settled_steps, **kw):
+    model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
+    _spread_offsets(model)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    args = training_arguments(str(tmp_path), steps=8, batch_size=4, lr=1.0, seed=0)
+    trainer = DMXTrainer(
+        model,
+        args,
+        TargetAwarePenalty(5.0),
+        momentum=0.9,
+        train_dataset=_token_data(),
+        skip_settled_steps=skip_settled_steps,
+        **kw)
+    trainer.train()
+    return [o.raw_offset.item() for o in bd.dmx_offsets(model)], trainer, len(forwards)
+
+
+def test_settled_steps_skip_the_passes_and_end_where_the_full_run_ends(tmp_path):
+    schedule = {"temp_end": 1e4, "temp_delay": 0.5}
+    full, _, full_forwards = _offsets_after(tmp_path / "full", False, **schedule)
+    skipped, trainer, forwards = _offsets_after(tmp_path / "skip", True, **schedule)
+    assert 0 < trainer.settled_steps < 8
+    assert forwards == full_forwards - trainer.settled_steps
+    assert skipped == pytest.approx(full, abs=1e-5)
+
+
+def test_a_run_settled_from_its_first_step_logs_no_loss(tmp_path):
+    _, trainer, forwards = _offsets_after(tmp_path, True, temp_start=1e4, temp_end=1e4)
+    assert (trainer.settled_steps, forwards) == (8, 0)
+    steps = [entry for entry in trainer.state.log_history if "settled_steps" in entry]
+    assert steps and all("loss" not in entry for entry in steps)
+
+
+def _train(
+        model,
+        output_dir,
+        steps,
+        target=5.0,
+        lam=5.0,
+        lr=1.0,
+        resume=None,
+        data=None,
+        skip_settled_steps=True,
+        **kw):
     args = training_arguments(str(output_dir), steps=steps, batch_size=4, lr=lr, seed=0, **kw)
     trainer = DMXTrainer(
-        model, args, TargetAwarePenalty(target, lam), train_dataset=data or _token_data())
+        model,
+        args,
+        TargetAwarePenalty(target, lam),
+        train_dataset=data or _token_data(),
+        skip_settled_steps=skip_settled_steps)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -415,7 +463,7 @@ def test_unknown_rounding_is_refused(ignore_missing_keys):
 def test_temperature_and_layers_per_format_reach_trainer_state(tmp_path):
     import json
     model = quantize_tiny_llama(DMXFloatWeight, DMXFloatAct)
-    _train(model, tmp_path, steps=4, save_steps=4, logging_steps=1)
+    _train(model, tmp_path, steps=4, save_steps=4, logging_steps=1, skip_settled_steps=False)
     state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]
     assert len(logged) == 4

@@ -202,7 +202,8 @@ def _trained_offsets(tmp_path, batch_size, accumulation, reuse=True):
         args,
         TargetAwarePenalty(5.0, 5.0),
         train_dataset=_data(),
-        reuse_quantized_weights=reuse).train()
+        reuse_quantized_weights=reuse,
+        skip_settled_steps=False).train()  # its last step settles: every step computes here
     return torch.stack([o.raw_offset.detach() for o in dmx.dmx_offsets(model)]) - initial
 
 

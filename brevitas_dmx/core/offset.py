@@ -16,6 +16,9 @@ from brevitas_dmx.formats import ladder as get_ladder
 
 # Sharpness of the tempered sigmoid (``c`` in the method; 20 in the authors' code).
 DEFAULT_SHARPNESS = 20.0
+# A relaxation gap below this is a settled offset: F's slope is then at most c * T * 1e-6, a
+# ten-thousandth or less of its slope where the format is still moving.
+SETTLED_TOLERANCE = 1e-6
 
 
 def _segment_tensors(ladder: Ladder, like: Tensor) -> Tuple[Tensor, Tensor]:
@@ -39,6 +42,18 @@ def tempered_offset(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness:
     return (
         lengths
         * torch.sigmoid(sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred)).sum(-1)
+
+
+def relaxation_gap(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness: float) -> Tensor:
+    """How far ``F(raw, T)`` is from its staircase: the largest ``L_i * min(s_i, 1 - s_i)``
+    over the ladder's segments, ``s_i`` each segment's sigmoid. Below ~1e-6 every sigmoid has
+    saturated, and with it F's slope ``c * T * s_i * (1 - s_i)``: the loss no longer moves the
+    offset. Elementwise, as ``tempered_offset``."""
+    starts, lengths = _segment_tensors(ladder, raw)
+    centred = raw.unsqueeze(-1) / lengths - (starts / lengths + 0.5)
+    logits = sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred
+    # sigmoid(-|x|) is min(s, 1 - s) without the cancellation of 1 - sigmoid(x)
+    return (lengths * torch.sigmoid(-logits.abs())).amax(-1)
 
 
 def straight_through_offset(raw: Tensor, ladder: Ladder) -> Tensor:
@@ -95,6 +110,16 @@ class DMXOffset(nn.Module):
         if self.training:
             return tempered_offset(self.raw_offset, self.temperature, self.ladder, self.sharpness)
         return self.discrete()
+
+    def settled(self, tolerance: float) -> bool:
+        """Whether training can no longer move this offset's format: the tempered sigmoid has
+        saturated (``relaxation_gap`` below ``tolerance``). Never under straight-through
+        rounding, whose gradient does not vanish."""
+        if self.rounding == "ste":
+            return False
+        with torch.no_grad():
+            gap = relaxation_gap(self.raw_offset, self.temperature, self.ladder, self.sharpness)
+        return bool(gap < tolerance)
 
     def discrete(self) -> Tensor:
         """The hardware format's offset: the projection's assignment if any, else F(raw, inf)."""

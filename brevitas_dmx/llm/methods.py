@@ -129,7 +129,7 @@ class DMX(Method):
                 metrics["init_offset"] = start
                 run.log(f"offsets start at {start:.3f}, where the average is the budget")
             train_start = time.perf_counter()
-            metrics["parallelism"] = train_offsets(run.plan, run.model, run.calib)
+            metrics.update(train_offsets(run.plan, run.model, run.calib))
             metrics["train_time_s"] = time.perf_counter() - train_start
             metrics["train_steps"] = args.dmx_steps
             metrics["train_grad_accum"] = args.dmx_grad_accum

@@ -70,6 +70,7 @@ RESULT_KEYS = (
     "seqlen",
     "nsamples",
     "steps",
+    "train_settled_steps",
     "train_lr",
     "train_momentum",
     "train_lr_schedule",
@@ -110,6 +111,7 @@ class RunRecord:
     train_time_s: Optional[float] = None
     train_steps: Optional[int] = None
     train_grad_accum: Optional[int] = None
+    train_settled_steps: Optional[int] = None  # steps that skipped the passes (settled)
     train_lr: Optional[float] = None
     train_momentum: Optional[float] = None
     train_lr_schedule: Optional[str] = None

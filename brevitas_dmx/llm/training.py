@@ -37,10 +37,12 @@ def regularizer(plan):
     return ScalingPenalty(args.dmx_lambda, **plan.weighting)
 
 
-def train_offsets(plan, model, calib) -> str:
+def train_offsets(plan, model, calib) -> dict:
     """Trains the offsets (resuming from the last checkpoint under ``--dmx-resume``), saves them
-    and the budget problem in the output folder. Returns how the training was parallelized:
-    accelerate's distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP)."""
+    and the budget problem in the output folder. Returns, for the run's metrics, how the
+    training was parallelized (``parallelism``: accelerate's distributed type, NO, MULTI_CPU,
+    MULTI_GPU or FSDP) and how many of its steps skipped the passes because every offset had
+    settled (``train_settled_steps``; counted from a resumed checkpoint on)."""
     args = plan.args
     prepare_training(model, plan.rounding)
     if args.dmx_loss == Loss.KD:
@@ -76,4 +78,11 @@ def train_offsets(plan, model, calib) -> str:
     if distributed.is_main():
         torch.save(offsets, os.path.join(plan.out_dir, OFFSETS_FILE))
         save_problem(budget_problem(model), plan.out_dir)
-    return str(trainer.accelerator.distributed_type.value)
+    if trainer.settled_steps:
+        logger.info(
+            f"{trainer.settled_steps} of {args.dmx_steps} steps skipped the passes: "
+            f"every offset had settled on its format")
+    return {
+        "parallelism": str(trainer.accelerator.distributed_type.value),
+        "train_settled_steps": trainer.settled_steps,
+    }

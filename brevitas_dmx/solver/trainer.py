@@ -33,6 +33,7 @@ from brevitas_dmx.model import batched_formats
 from brevitas_dmx.model import dmx_offsets
 from brevitas_dmx.model import format_counts
 from brevitas_dmx.model import format_map
+from brevitas_dmx.model import offsets_settled
 from brevitas_dmx.model import reusing_quantized_weights
 from brevitas_dmx.model import train_only_offsets
 from brevitas_dmx.model import use_compiled_kernels
@@ -187,6 +188,15 @@ class DMXLossMixin:
                 sums, count = dict(zip(keys, total[:-1].tolist())), float(total[-1])
             logs.update({k: v / count for k, v in sums.items()})
             self._dmx_sums, self._dmx_count = {}, 0
+        if getattr(self, "_settled_since_log", 0) and "loss" in logs:
+            # The Trainer's "loss" averages every step since the last log, settled steps' zeros
+            # among them (DMXTrainer): the computed steps' mean instead, none if none ran.
+            if count:
+                logs["loss"] = logs["task_loss"] + logs["penalty"]
+            else:
+                del logs["loss"]
+            logs["settled_steps"] = self.settled_steps
+            self._settled_since_log = 0
         # Added before Trainer.log copies the logs into the state's log history (and so into
         # trainer_state.json and the report integrations), not after it in a callback.
         logs.update(format_log(self.model))
@@ -220,6 +230,12 @@ class DMXTrainer(DMXLossMixin, Trainer):
     ``compile_kernels``: True or False switches the model's quantizers to the ``torch.compile``'d
     element kernels or to the eager ones (``use_compiled_kernels``); None (the default) leaves
     them as they are.
+
+    ``skip_settled_steps``: once the annealing has saturated every offset's sigmoid
+    (``offsets_settled``), the loss has no gradient left to move any format, so the remaining
+    steps skip the forward and backward passes: each offset gets a zero gradient and the
+    optimizer still steps, so momentum carries the offsets on as in the full run, and the
+    schedule, checkpoints and logs go on. ``self.settled_steps`` counts the steps skipped.
     """
 
     def __init__(
@@ -235,6 +251,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             callbacks: Optional[List] = None,
             reuse_quantized_weights: bool = True,
             compile_kernels: Optional[bool] = None,
+            skip_settled_steps: bool = True,
             **kwargs):
         if optimizer_name not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer_name!r}; choose one of {OPTIMIZERS}.")
@@ -254,6 +271,9 @@ class DMXTrainer(DMXLossMixin, Trainer):
         self.optimizer_name = optimizer_name
         self.momentum = momentum
         self.reuse_quantized_weights = reuse_quantized_weights
+        self.skip_settled_steps = skip_settled_steps
+        self.settled_steps = 0
+        self._settled_since_log = 0
         self._weight_reuse = None  # the WeightReuse while train() shares the weight work
         if self.is_fsdp_enabled:
             self._keep_offsets_out_of_fsdp(offsets)
@@ -326,6 +346,8 @@ class DMXTrainer(DMXLossMixin, Trainer):
             not sharded)
 
     def training_step(self, model, inputs, *args, **kwargs):
+        if self.skip_settled_steps and offsets_settled(self.model):
+            return self._settled_step()
         reuse = self._weight_reuse
         if reuse is None:
             return super().training_step(model, inputs, *args, **kwargs)
@@ -335,6 +357,17 @@ class DMXTrainer(DMXLossMixin, Trainer):
         if reuse.last:
             reuse.end_step(self.model)
         return loss
+
+    def _settled_step(self) -> torch.Tensor:
+        """A micro-batch of a settled step: zero gradients in place of the passes (a ``None``
+        gradient would make the optimizer skip the offset, and its momentum with it)."""
+        for offset in dmx_offsets(self.model):
+            if offset.raw_offset.grad is None:
+                offset.raw_offset.grad = torch.zeros_like(offset.raw_offset)
+        if self.accelerator.sync_gradients:  # the step's last micro-batch
+            self.settled_steps += 1
+            self._settled_since_log += 1
+        return torch.zeros((), device=self.args.device)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         # Only the offsets: the frozen weights are the user's float checkpoint. Every rank
