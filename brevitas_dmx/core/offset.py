@@ -37,11 +37,16 @@ def tempered_offset(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness:
     if len(ladder.segments) == 1:  # the sum below, without building the segment tensors
         span = ladder.span
         return span * torch.sigmoid(sharpness * temperature * (raw / span - 0.5))
+    logits, lengths = _segment_logits(raw, temperature, ladder, sharpness)
+    return (lengths * torch.sigmoid(logits)).sum(-1)
+
+
+def _segment_logits(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness: float):
+    """(``c * T * ((raw - k_i) / L_i - 1/2)`` for each segment along a new last axis, the
+    segments' lengths ``L_i``): the sigmoids' arguments of ``tempered_offset``."""
     starts, lengths = _segment_tensors(ladder, raw)
     centred = raw.unsqueeze(-1) / lengths - (starts / lengths + 0.5)
-    return (
-        lengths
-        * torch.sigmoid(sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred)).sum(-1)
+    return sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred, lengths
 
 
 def relaxation_gap(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness: float) -> Tensor:
@@ -49,9 +54,7 @@ def relaxation_gap(raw: Tensor, temperature: Tensor, ladder: Ladder, sharpness: 
     over the ladder's segments, ``s_i`` each segment's sigmoid. Below ~1e-6 every sigmoid has
     saturated, and with it F's slope ``c * T * s_i * (1 - s_i)``: the loss no longer moves the
     offset. Elementwise, as ``tempered_offset``."""
-    starts, lengths = _segment_tensors(ladder, raw)
-    centred = raw.unsqueeze(-1) / lengths - (starts / lengths + 0.5)
-    logits = sharpness * torch.as_tensor(temperature).unsqueeze(-1) * centred
+    logits, lengths = _segment_logits(raw, temperature, ladder, sharpness)
     # sigmoid(-|x|) is min(s, 1 - s) without the cancellation of 1 - sigmoid(x)
     return (lengths * torch.sigmoid(-logits.abs())).amax(-1)
 
@@ -111,15 +114,19 @@ class DMXOffset(nn.Module):
             return tempered_offset(self.raw_offset, self.temperature, self.ladder, self.sharpness)
         return self.discrete()
 
+    def relaxation_gap(self) -> Tensor:
+        """``relaxation_gap`` of this offset at its temperature (a scalar tensor, no grad);
+        infinite under straight-through rounding, whose gradient does not vanish."""
+        if self.rounding == "ste":
+            return torch.full_like(self.raw_offset, math.inf).detach()
+        with torch.no_grad():
+            return relaxation_gap(self.raw_offset, self.temperature, self.ladder, self.sharpness)
+
     def settled(self, tolerance: float) -> bool:
         """Whether training can no longer move this offset's format: the tempered sigmoid has
-        saturated (``relaxation_gap`` below ``tolerance``). Never under straight-through
-        rounding, whose gradient does not vanish."""
-        if self.rounding == "ste":
-            return False
-        with torch.no_grad():
-            gap = relaxation_gap(self.raw_offset, self.temperature, self.ladder, self.sharpness)
-        return bool(gap < tolerance)
+        saturated (``relaxation_gap`` below ``tolerance``); never under straight-through
+        rounding."""
+        return bool(self.relaxation_gap() < tolerance)
 
     def discrete(self) -> Tensor:
         """The hardware format's offset: the projection's assignment if any, else F(raw, inf)."""

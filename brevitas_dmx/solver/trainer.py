@@ -274,6 +274,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
         self.skip_settled_steps = skip_settled_steps
         self.settled_steps = 0
         self._settled_since_log = 0
+        self._settled_checked, self._settled = None, False  # _step_is_settled's step and answer
         self._weight_reuse = None  # the WeightReuse while train() shares the weight work
         if self.is_fsdp_enabled:
             self._keep_offsets_out_of_fsdp(offsets)
@@ -346,7 +347,7 @@ class DMXTrainer(DMXLossMixin, Trainer):
             not sharded)
 
     def training_step(self, model, inputs, *args, **kwargs):
-        if self.skip_settled_steps and offsets_settled(self.model):
+        if self.skip_settled_steps and self._step_is_settled():
             return self._settled_step()
         reuse = self._weight_reuse
         if reuse is None:
@@ -357,6 +358,14 @@ class DMXTrainer(DMXLossMixin, Trainer):
         if reuse.last:
             reuse.end_step(self.model)
         return loss
+
+    def _step_is_settled(self) -> bool:
+        """``offsets_settled`` once per optimizer step: the offsets and the temperature change
+        only between steps, not between a step's micro-batches."""
+        step = self.state.global_step
+        if self._settled_checked != step:
+            self._settled_checked, self._settled = step, offsets_settled(self.model)
+        return self._settled
 
     def _settled_step(self) -> torch.Tensor:
         """A micro-batch of a settled step: zero gradients in place of the passes (a ``None``
